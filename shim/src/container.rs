@@ -1,0 +1,372 @@
+//! One container of the ums runtime: an OUTER runc container (the holder, with the identity
+//! containerd sees) and the nested SERVICE runc container, both in a runc root of their own
+//! inside the bundle (`<bundle>/ums/runc`), so nothing is shared between containerds or pods.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use containerd_shim::mount::umount_recursive;
+use containerd_shim_protos::{api::CreateTaskRequest, protobuf::well_known_types::any::Any};
+use log::{info, warn};
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::Value;
+
+use crate::{
+    error::{Error, Result},
+    holder, metrics,
+    process::Process,
+    runc::{CheckpointOpts, ChildStdio, Runc},
+    spec::BundleSpec,
+    stdio::{IoPaths, ProcessIo},
+};
+
+/// runc ids inside the container's private runc root.
+pub const OUTER: &str = "outer";
+pub const SERVICE: &str = "service";
+
+fn ums_dir(bundle: &Path) -> PathBuf {
+    bundle.join("ums")
+}
+
+fn runc_for(bundle: &Path) -> Runc {
+    Runc::new(ums_dir(bundle).join("runc"))
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    runc: Runc,
+    /// Pid of the outer's holder: the task pid containerd knows.
+    pub outer_pid: i32,
+    pub init: Process,
+    pub execs: HashMap<String, Process>,
+}
+
+impl Container {
+    /// Mounts the rootfs containerd passed, starts the outer and creates the service.
+    /// On failure everything done so far is undone.
+    pub async fn create(req: &CreateTaskRequest) -> Result<Container> {
+        let bundle = PathBuf::from(&req.bundle);
+        let io_paths = IoPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut c = Container {
+            id: req.id.clone(),
+            runc: runc_for(&bundle),
+            bundle,
+            outer_pid: 0,
+            init: Process::new("", io_paths, None),
+            execs: HashMap::new(),
+        };
+        match c.setup(req).await {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                c.init.io.close();
+                cleanup(&c.bundle).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn setup(&mut self, req: &CreateTaskRequest) -> Result<()> {
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented(
+                "restoring a task from a containerd checkpoint is not supported by the ums runtime yet".into(),
+            ));
+        }
+        let rootfs_target = self.bundle.join("rootfs");
+        for m in &req.rootfs {
+            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs_target).await?;
+        }
+        let text = tokio::fs::read_to_string(self.bundle.join("config.json"))
+            .await
+            .map_err(Error::io("read config.json"))?;
+        let spec = BundleSpec::parse(&self.bundle, &text)?;
+        if !spec.rootfs().is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "rootfs {} does not exist or is not a directory",
+                spec.rootfs().display()
+            )));
+        }
+        if spec.terminal() != self.init.io_paths.terminal {
+            return Err(Error::InvalidArgument(
+                "process.terminal in config.json disagrees with the task's terminal flag".into(),
+            ));
+        }
+        let dir = ums_dir(&self.bundle);
+
+        // The outer: the holder in the namespaces and cgroup containerd asked for.
+        let outer_dir = dir.join(OUTER);
+        holder::install(&outer_dir.join("rootfs"))?;
+        write_json(
+            &outer_dir.join("config.json"),
+            &spec.outer(&self.id, &outer_dir.join("rootfs")),
+        )
+        .await?;
+        let pid_file = outer_dir.join("pid");
+        self.outer_pid = self
+            .runc
+            .create(OUTER, &outer_dir, &pid_file, None, ChildStdio::null())
+            .await?;
+        self.runc.start(OUTER).await?;
+
+        // The service, nested: joins the outer's namespaces, cgroup below the outer's.
+        let svc_dir = dir.join(SERVICE);
+        write_json(
+            &svc_dir.join("config.json"),
+            &spec.service(&self.id, self.outer_pid),
+        )
+        .await?;
+        let (prepared, io) = ProcessIo::prepare(&self.init.io_paths).await?;
+        self.init.io = io.into();
+        let pid = self
+            .runc
+            .create(
+                SERVICE,
+                &svc_dir,
+                &svc_dir.join("pid"),
+                prepared.console.as_ref().map(|c| c.path()),
+                prepared.child,
+            )
+            .await?;
+        self.init.pid = pid;
+        if let Some(console) = prepared.console {
+            self.init
+                .io
+                .attach_console(console, &self.init.io_paths)
+                .await?;
+        }
+        info!(
+            "created {}: outer pid {}, service pid {pid}",
+            self.id, self.outer_pid
+        );
+        Ok(())
+    }
+
+    pub fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in task {}", self.id)))
+    }
+
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        let id = &self.id;
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in task {id}")))
+    }
+
+    /// Starts the service (init) or an exec; returns the process's pid.
+    pub async fn start(&mut self, exec_id: &str) -> Result<i32> {
+        let p = self.process(exec_id)?;
+        if p.status() != containerd_shim_protos::api::Status::CREATED {
+            return Err(Error::FailedPrecondition(format!(
+                "process {} of task {} is {:?}, not created: cannot start it again",
+                if exec_id.is_empty() { "init" } else { exec_id },
+                self.id,
+                p.status()
+            )));
+        }
+        if exec_id.is_empty() {
+            self.runc.start(SERVICE).await?;
+            self.init.set_started();
+            return Ok(self.init.pid);
+        }
+        if self.init.status() != containerd_shim_protos::api::Status::RUNNING {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} is not running: cannot exec in it",
+                self.id
+            )));
+        }
+        let dir = ums_dir(&self.bundle);
+        let spec_path = dir.join(format!("exec-{exec_id}.json"));
+        let p = self.process(exec_id)?;
+        write_json(&spec_path, p.spec.as_ref().unwrap_or(&Value::Null)).await?;
+        let (prepared, io) = ProcessIo::prepare(&p.io_paths).await?;
+        let paths = p.io_paths.clone();
+        let res = self
+            .runc
+            .exec(
+                SERVICE,
+                &spec_path,
+                &dir.join(format!("exec-{exec_id}.pid")),
+                prepared.console.as_ref().map(|c| c.path()),
+                &dir.join(format!("exec-{exec_id}.log")),
+                prepared.child,
+            )
+            .await;
+        let _ = tokio::fs::remove_file(&spec_path).await;
+        let pid = match res {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.close();
+                return Err(e);
+            }
+        };
+        if let Some(console) = prepared.console {
+            io.attach_console(console, &paths).await?;
+        }
+        let p = self.process_mut(exec_id)?;
+        p.io = io.into();
+        p.pid = pid;
+        p.set_started();
+        Ok(pid)
+    }
+
+    pub fn add_exec(&mut self, exec_id: &str, io_paths: IoPaths, spec: &Any) -> Result<()> {
+        if self.execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {exec_id} already exists in task {}",
+                self.id
+            )));
+        }
+        if self.init.exited().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} has exited: cannot exec in it",
+                self.id
+            )));
+        }
+        let spec = crate::spec::parse_process(&spec.value)?;
+        self.execs.insert(
+            exec_id.to_string(),
+            Process::new(exec_id, io_paths, Some(spec)),
+        );
+        Ok(())
+    }
+
+    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let p = self.process(exec_id)?;
+        if p.exited().is_some() {
+            return Err(Error::NotFound(format!(
+                "process {} of task {} already finished",
+                if exec_id.is_empty() { "init" } else { exec_id },
+                self.id
+            )));
+        }
+        if exec_id.is_empty() {
+            return self.runc.kill(SERVICE, signal, all).await;
+        }
+        if p.pid == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "exec {exec_id} of task {} has not been started",
+                self.id
+            )));
+        }
+        let sig = Signal::try_from(signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        nix::sys::signal::kill(Pid::from_raw(p.pid), sig)?;
+        Ok(())
+    }
+
+    /// Kills the outer holder (the service is gone, or must go).
+    pub fn kill_outer(&self) {
+        if self.outer_pid > 0 {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.outer_pid), Signal::SIGKILL);
+        }
+    }
+
+    pub async fn pause(&mut self) -> Result<()> {
+        self.runc.pause(SERVICE).await?;
+        self.init.set_paused(true);
+        Ok(())
+    }
+
+    pub async fn resume(&mut self) -> Result<()> {
+        self.runc.resume(SERVICE).await?;
+        self.init.set_paused(false);
+        Ok(())
+    }
+
+    pub async fn pids(&self) -> Result<Vec<i32>> {
+        self.runc.ps(SERVICE).await
+    }
+
+    pub async fn stats(&self) -> Result<Any> {
+        let events = self.runc.stats(OUTER).await?;
+        metrics::to_any(&events, metrics::unified_only())
+    }
+
+    /// Applies new limits to the outer's cgroup; the service's lies below it.
+    pub async fn update(&self, resources: &Any) -> Result<()> {
+        let value: Value = serde_json::from_slice(&resources.value)
+            .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
+        let path = ums_dir(&self.bundle).join("update.json");
+        write_json(&path, &value).await?;
+        let res = self.runc.update(OUTER, &path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        res
+    }
+
+    /// Checkpoints the service only; the outer keeps running.
+    pub async fn checkpoint(&self, mut opts: CheckpointOpts) -> Result<()> {
+        if opts.work_path.as_os_str().is_empty() {
+            opts.work_path = ums_dir(&self.bundle).join("criu-work");
+        }
+        tokio::fs::create_dir_all(&opts.work_path)
+            .await
+            .map_err(Error::io("create CRIU work dir"))?;
+        tokio::fs::create_dir_all(&opts.image_path)
+            .await
+            .map_err(Error::io("create checkpoint image dir"))?;
+        self.runc.checkpoint(SERVICE, &opts).await
+    }
+
+    /// Removes both runc containers, the rootfs mount and the shim's files of the bundle.
+    pub async fn destroy(&mut self) {
+        self.init.io.close();
+        for p in self.execs.values() {
+            p.io.close();
+        }
+        cleanup(&self.bundle).await;
+    }
+}
+
+/// Undoes everything the shim may have made for a bundle; safe to call more than once and
+/// from `containerd-shim-ums-v1 delete` when the shim process is gone.
+pub async fn cleanup(bundle: &Path) {
+    let runc = runc_for(bundle);
+    if runc.root().exists() {
+        for id in [SERVICE, OUTER] {
+            if let Err(e) = runc.delete(id, true).await {
+                if !e.to_string().contains("does not exist") {
+                    warn!("runc delete {id} in {}: {e}", bundle.display());
+                }
+            }
+        }
+    }
+    let rootfs = bundle.join("rootfs");
+    let target = rootfs.to_string_lossy().into_owned();
+    let res =
+        tokio::task::spawn_blocking(move || umount_recursive(Some(&target), libc::MNT_DETACH))
+            .await;
+    if let Ok(Err(e)) = res {
+        warn!("unmount {}: {e}", rootfs.display());
+    }
+    if let Err(e) = tokio::fs::remove_dir_all(ums_dir(bundle)).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!("remove {}: {e}", ums_dir(bundle).display());
+        }
+    }
+}
+
+async fn write_json(path: &Path, value: &Value) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    let bytes = serde_json::to_vec(value).map_err(Error::json("encode json"))?;
+    tokio::fs::write(path, bytes)
+        .await
+        .map_err(Error::io(format!("write {}", path.display())))
+}

@@ -1,0 +1,303 @@
+//! A thin async wrapper over the runc command line. Each container keeps its own runc root
+//! (inside its bundle), so private containerds and pods never share runc state.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    command,
+    error::{Error, Result},
+};
+
+/// stdio handed to a container process that runc starts.
+pub struct ChildStdio {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+impl ChildStdio {
+    pub fn null() -> Self {
+        ChildStdio {
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct State {
+    pub pid: i32,
+    pub status: String,
+}
+
+/// Options of `runc checkpoint`, mirroring containerd's CheckpointOptions.
+#[derive(Debug, Default, Clone)]
+pub struct CheckpointOpts {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub empty_ns: Vec<String>,
+    pub cgroups_mode: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runc {
+    binary: String,
+    root: PathBuf,
+}
+
+impl Runc {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let binary = std::env::var("UMS_RUNC").unwrap_or_else(|_| "runc".into());
+        Runc {
+            binary,
+            root: root.into(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn command(&self, log: Option<&Path>) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        if let Some(log) = log {
+            cmd.arg("--log").arg(log).args(["--log-format", "json"]);
+        }
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let mut cmd = self.command(None);
+        cmd.args(args);
+        let out = command::output(cmd).await?;
+        if out.code != 0 {
+            return Err(Error::Runc {
+                cmd: args.join(" "),
+                msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs a runc command whose stdio belongs to a container process; runc's own errors
+    /// then go to the json log file, which is read back on failure.
+    async fn run_with_stdio(
+        &self,
+        what: &str,
+        args: Vec<String>,
+        log: &Path,
+        stdio: ChildStdio,
+    ) -> Result<()> {
+        let _ = std::fs::remove_file(log);
+        let mut cmd = self.command(Some(log));
+        cmd.args(&args)
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        let code = command::status(cmd).await?;
+        if code != 0 {
+            return Err(Error::Runc {
+                cmd: what.to_string(),
+                msg: last_log_error(log).unwrap_or_else(|| format!("exit status {code}")),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<i32> {
+        let mut args = vec![
+            "create".to_string(),
+            "--bundle".into(),
+            path_arg(bundle),
+            "--pid-file".into(),
+            path_arg(pid_file),
+        ];
+        if let Some(sock) = console_socket {
+            args.extend(["--console-socket".into(), path_arg(sock)]);
+        }
+        args.push(id.into());
+        let log = bundle.join("runc-create.log");
+        self.run_with_stdio("create", args, &log, stdio).await?;
+        read_pid(pid_file).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        log: &Path,
+        stdio: ChildStdio,
+    ) -> Result<i32> {
+        let mut args = vec![
+            "exec".to_string(),
+            "--detach".into(),
+            "--process".into(),
+            path_arg(process_json),
+            "--pid-file".into(),
+            path_arg(pid_file),
+        ];
+        if let Some(sock) = console_socket {
+            args.extend(["--console-socket".into(), path_arg(sock)]);
+        }
+        args.push(id.into());
+        self.run_with_stdio("exec", args, log, stdio).await?;
+        read_pid(pid_file).await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.run(&["start", id]).await.map(drop)
+    }
+
+    pub async fn state(&self, id: &str) -> Result<State> {
+        let out = self.run(&["state", id]).await?;
+        serde_json::from_slice(&out).map_err(Error::json("runc state output"))
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        self.run(&args).await.map(drop)
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.run(&args).await.map(drop)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.run(&["pause", id]).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.run(&["resume", id]).await.map(drop)
+    }
+
+    pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let out = self.run(&["ps", "--format", "json", id]).await?;
+        serde_json::from_slice::<Option<Vec<i32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(Error::json("runc ps output"))
+    }
+
+    pub async fn update(&self, id: &str, resources_json: &Path) -> Result<()> {
+        let res = path_arg(resources_json);
+        self.run(&["update", "--resources", &res, id])
+            .await
+            .map(drop)
+    }
+
+    /// `runc events --stats`: one JSON object with cgroup statistics.
+    pub async fn stats(&self, id: &str) -> Result<serde_json::Value> {
+        let out = self.run(&["events", "--stats", id]).await?;
+        serde_json::from_slice(&out).map_err(Error::json("runc events --stats output"))
+    }
+
+    pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+        let image = path_arg(&opts.image_path);
+        let work = path_arg(&opts.work_path);
+        let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
+        for (set, flag) in [
+            (opts.leave_running, "--leave-running"),
+            (opts.tcp_established, "--tcp-established"),
+            (opts.ext_unix_sk, "--ext-unix-sk"),
+            (opts.shell_job, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+        ] {
+            if set {
+                args.push(flag);
+            }
+        }
+        for ns in &opts.empty_ns {
+            args.extend(["--empty-ns", ns.as_str()]);
+        }
+        if let Some(mode) = &opts.cgroups_mode {
+            args.extend(["--manage-cgroups-mode", mode.as_str()]);
+        }
+        args.push(id);
+        self.run(&args).await.map(drop).map_err(|e| match e {
+            Error::Runc { cmd, msg } => Error::Runc {
+                cmd,
+                msg: format!("{msg} (CRIU log: {}/dump.log)", opts.work_path.display()),
+            },
+            e => e,
+        })
+    }
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn read_pid(pid_file: &Path) -> Result<i32> {
+    let s = tokio::fs::read_to_string(pid_file)
+        .await
+        .map_err(Error::io(format!("read {}", pid_file.display())))?;
+    s.trim()
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("bad pid file {}: {s:?}", pid_file.display())))
+}
+
+/// The last error message runc wrote to its json log.
+fn last_log_error(log: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Line {
+        level: String,
+        msg: String,
+    }
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .find(|l| l.level == "error" || l.level == "fatal")
+        .map(|l| l.msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_error_is_the_last_error_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"first\"}\nnot json\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_log_error(&log).as_deref(),
+            Some("exec: \"nope\": not found")
+        );
+        assert_eq!(last_log_error(&dir.path().join("missing")), None);
+    }
+}
