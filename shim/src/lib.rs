@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod holder;
 pub mod metrics;
+pub mod oom;
 pub mod pids;
 pub mod process;
 pub mod runc;

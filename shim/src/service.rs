@@ -27,6 +27,7 @@ use crate::{
     container::Container,
     error::{Error, Result},
     events::Events,
+    oom::OomWatcher,
     pids::{Owner, PidTable, Role},
     process::timestamp,
     runc::CheckpointOpts,
@@ -92,6 +93,30 @@ impl Inner {
         if let Some(code) = early {
             tokio::spawn(self.clone().on_exit(owner, pid, code));
         }
+    }
+
+    fn watch_oom(self: &Arc<Self>, container: &str, outer_pid: i32) {
+        let mut watcher = match OomWatcher::new(outer_pid) {
+            Ok(w) => w,
+            Err(e) => return warn!("no OOM events for {container}: {e}"),
+        };
+        let weak = Arc::downgrade(self);
+        let container = container.to_string();
+        tokio::spawn(async move {
+            while watcher.next().await.is_some() {
+                let Some(inner) = weak.upgrade() else { break };
+                if inner.container(&container).is_err() {
+                    break;
+                }
+                inner
+                    .events
+                    .publish(TaskOOM {
+                        container_id: container.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        });
     }
 
     async fn on_exit(self: Arc<Self>, owner: Owner, pid: i32, code: i32) {
@@ -202,6 +227,7 @@ impl Task for TaskService {
             .expect("lock")
             .insert(req.id.clone(), Arc::new(AsyncMutex::new(c)));
         self.inner.register(outer_pid, &req.id, Role::Outer);
+        self.inner.watch_oom(&req.id, outer_pid);
         self.inner.register(
             init_pid,
             &req.id,

@@ -49,7 +49,7 @@ type Sink = Box<dyn AsyncWrite + Unpin + Send>;
 /// The shim's side of one process's stdio.
 #[derive(Default)]
 pub struct ProcessIo {
-    stdin_close: Mutex<Option<oneshot::Sender<()>>>,
+    stdin_close: Mutex<Option<(oneshot::Sender<()>, String)>>,
     copies: Mutex<Vec<JoinHandle<()>>>,
     console: Mutex<Option<OwnedFd>>,
 }
@@ -195,7 +195,7 @@ impl ProcessIo {
 
     fn start_stdin(&self, fifo: &str, dst: Sink) {
         let (tx, rx) = oneshot::channel();
-        *self.stdin_close.lock().expect("lock") = Some(tx);
+        *self.stdin_close.lock().expect("lock") = Some((tx, fifo.to_string()));
         tokio::spawn(copy_stdin(fifo.to_string(), dst, rx));
     }
 
@@ -241,8 +241,11 @@ impl ProcessIo {
 
     /// CloseIO: the stdin copy drains what is buffered, then closes the process's stdin.
     pub fn close_stdin(&self) {
-        if let Some(tx) = self.stdin_close.lock().expect("lock").take() {
+        if let Some((tx, fifo)) = self.stdin_close.lock().expect("lock").take() {
             let _ = tx.send(());
+            // Now, while containerd still has the fifo: a copy that waits in open() for a
+            // client that never came must not keep a blocking thread forever.
+            unblock_open(&fifo);
         }
     }
 
@@ -325,7 +328,6 @@ async fn copy_stdin(fifo: String, mut dst: Sink, mut close: oneshot::Receiver<()
     let file = tokio::select! {
         r = open => r,
         _ = &mut close => {
-            unblock_open(&fifo);
             let _ = dst.shutdown().await;
             return;
         }
