@@ -91,15 +91,20 @@ impl OomWatcher {
     /// Waits for the next OOM kill; None once the cgroup is gone.
     pub async fn next(&mut self) -> Option<()> {
         match self {
-            OomWatcher::V1 { cgroup, efd, .. } => loop {
-                let mut guard = efd.readable().await.ok()?;
-                let _ = guard.try_io(|fd| fd.get_ref().read().map_err(Into::into));
-                // v1 also signals when the cgroup is removed.
-                if !cgroup.exists() {
-                    return None;
+            OomWatcher::V1 { cgroup, efd, .. } => {
+                loop {
+                    let mut guard = efd.readable().await.ok()?;
+                    // Err: spurious readiness, wait again.
+                    if guard
+                        .try_io(|fd| fd.get_ref().read().map_err(std::io::Error::from))
+                        .is_ok()
+                    {
+                        break;
+                    }
                 }
-                return Some(());
-            },
+                // v1 also signals when the cgroup is removed.
+                cgroup.exists().then_some(())
+            }
             OomWatcher::V2 { events, seen } => loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let now = oom_kills(events)?;
