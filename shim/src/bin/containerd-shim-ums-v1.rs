@@ -1,5 +1,5 @@
 //! containerd-shim-ums-v1: containerd starts it as `start`, `delete` or the shim server.
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     containerd_shim::asynchronous::run::<ums_shim::UmsShim>(ums_shim::RUNTIME_TYPE, None).await;
     // Served and shut down: exit now rather than wait for blocking threads (a stdin fifo
