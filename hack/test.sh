@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run execs it). Run as root; idempotent.
+#   1. hack/install-deps.sh: containerd 1.6 and 2.1, runc, CRIU, CNI plugins, busybox-static
+#   2. cargo build --workspace (debug: the shim binary the integration tests load)
+#   3. unit tests: cargo test --workspace --lib --bins
+#   4. integration tests (crate ums-tests): every test starts its own private containerd under
+#      /run/ums-test/<name>; UMS_TEST_THREADS of them run at once
+# Prints one summary line `summary: N passed, N failed` and exits non-zero when anything failed.
+#
+# Environment:
+#   UMS_TEST_THREADS   parallel integration tests (default 3)
+#   UMS_TEST_FILTER    libtest filter for the integration tests (e.g. `cri`)
+#   UMS_TEST_RUNTIME   `runc` runs the suite against containerd's runc shim (harness check)
+#   UMS_SKIP_INSTALL   1 skips hack/install-deps.sh
+#   UMS_TEST_TIMEOUT   seconds allowed for the integration tests (default 1500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+die() { printf '[test.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (the tests start containerd, mount, and manage cgroups)"
+
+THREADS=${UMS_TEST_THREADS:-3}
+TIMEOUT=${UMS_TEST_TIMEOUT:-1500}
+LOGDIR=$ROOT/target/test-logs
+SWEEP=$ROOT/target/debug/ums-test-sweep
+started=$(date +%s)
+
+# Leftovers of an interrupted run (containerds, shims, containers, mounts, cgroups, bridges
+# under /run/ums-test) are swept before and after the tests.
+sweep() {
+  if [ -x "$SWEEP" ]; then
+    "$SWEEP" || log "sweep reported problems (see above)"
+  fi
+}
+trap sweep EXIT
+
+# Sums the `test result:` lines of cargo test logs: prints "<passed> <failed>".
+count() {
+  awk '/^test result:/ {
+         for (i = 2; i <= NF; i++) {
+           if ($i ~ /^passed;?$/) p += $(i - 1)
+           if ($i ~ /^failed;?$/) f += $(i - 1)
+         }
+       }
+       END { print p + 0, f + 0 }' "$@"
+}
+
+if [ "${UMS_SKIP_INSTALL:-0}" != 1 ]; then
+  log "installing dependencies (hack/install-deps.sh)"
+  hack/install-deps.sh
+fi
+export PATH="/usr/local/sbin:/usr/local/bin:$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || die "cargo not found"
+
+log "cargo build --workspace"
+cargo build --workspace || die "cargo build --workspace failed: no test ran"
+sweep
+
+mkdir -p "$LOGDIR"
+rm -f "$LOGDIR"/*.log
+rm -rf "$ROOT/target/ums-test-logs"
+
+status=0
+log "unit tests: cargo test --workspace --lib --bins"
+if ! cargo test --workspace --lib --bins 2>&1 | tee "$LOGDIR/unit.log"; then
+  status=1
+fi
+
+log "integration tests: cargo test -p ums-tests --test harness --test ums (threads: $THREADS, runtime: ${UMS_TEST_RUNTIME:-ums})"
+filter=()
+[ -n "${UMS_TEST_FILTER:-}" ] && filter=("$UMS_TEST_FILTER")
+if ! timeout --kill-after=30 "$TIMEOUT" \
+  cargo test -p ums-tests --no-fail-fast --test harness --test ums -- --test-threads="$THREADS" "${filter[@]}" \
+  2>&1 | tee "$LOGDIR/integration.log"; then
+  status=1
+  if grep -q '^test result:' "$LOGDIR/integration.log"; then :; else
+    log "the integration tests did not finish (timeout ${TIMEOUT}s or a crash); see $LOGDIR/integration.log"
+  fi
+fi
+
+read -r passed failed < <(count "$LOGDIR/unit.log" "$LOGDIR/integration.log")
+[ "$failed" -eq 0 ] || status=1
+elapsed=$(($(date +%s) - started))
+if [ "$status" -ne 0 ] && ls "$ROOT"/target/ums-test-logs/*.log >/dev/null 2>&1; then
+  log "containerd logs of failed tests: $ROOT/target/ums-test-logs/"
+fi
+log "finished in ${elapsed}s; logs in $LOGDIR"
+echo "summary: ${passed} passed, ${failed} failed"
+exit "$status"
