@@ -2,6 +2,7 @@
 //! container containerd asks for, an OUTER container (the identity containerd manages) and
 //! runs the real service NESTED inside it, so that the service can be checkpointed, moved
 //! and restored while containerd only ever sees an ordinary task.
+pub mod api;
 pub mod command;
 pub mod container;
 pub mod error;
