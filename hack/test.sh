@@ -2,7 +2,7 @@
 # The project's test command (README; .ci/run execs it). Run as root; idempotent.
 #   1. hack/install-deps.sh: containerd 1.6 and 2.1, runc, CRIU, CNI plugins, busybox-static
 #   2. cargo build --workspace (debug: the shim binary the integration tests load)
-#   3. unit tests: cargo test --workspace --lib --bins
+#   3. unit tests and each crate's own tests: cargo test --workspace --exclude ums-tests
 #   4. integration tests (crate ums-tests): every test starts its own private containerd under
 #      /run/ums-test/<name>; UMS_TEST_THREADS of them run at once
 # Prints one summary line `summary: N passed, N failed` and exits non-zero when anything failed.
@@ -64,8 +64,8 @@ rm -f "$LOGDIR"/*.log
 rm -rf "$ROOT/target/ums-test-logs"
 
 status=0
-log "unit tests: cargo test --workspace --lib --bins"
-if ! cargo test --workspace --lib --bins 2>&1 | tee "$LOGDIR/unit.log"; then
+log "unit tests and the crates' own tests: cargo test --workspace --exclude ums-tests"
+if ! cargo test --workspace --exclude ums-tests 2>&1 | tee "$LOGDIR/unit.log"; then
   status=1
 fi
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     holder, metrics,
+    migration::{DumpJob, Incoming, Outgoing, RestoreJob, RESTORE_ANNOTATION},
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,
@@ -41,6 +42,12 @@ pub struct Container {
     pub outer_pid: i32,
     pub init: Process,
     pub execs: HashMap<String, Process>,
+    /// The overlay upper dir of the rootfs containerd mounted: the writable layer.
+    upperdir: Option<PathBuf>,
+    /// Source side of a migration in progress: control requests are refused meanwhile.
+    pub outgoing: Option<Outgoing>,
+    /// Destination side: the service is restored from a migration instead of started.
+    pub incoming: Option<Incoming>,
 }
 
 impl Container {
@@ -61,6 +68,13 @@ impl Container {
             outer_pid: 0,
             init: Process::new("", io_paths, None),
             execs: HashMap::new(),
+            upperdir: req.rootfs.iter().find_map(|m| {
+                m.options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
+            }),
+            outgoing: None,
+            incoming: None,
         };
         match c.setup(req).await {
             Ok(()) => Ok(c),
@@ -121,6 +135,19 @@ impl Container {
             &spec.service(&self.id, self.outer_pid),
         )
         .await?;
+        if let Some(mid) = spec.annotation(RESTORE_ANNOTATION) {
+            if self.init.io_paths.terminal {
+                return Err(Error::InvalidArgument(
+                    "a task with a terminal cannot be the destination of a migration".into(),
+                ));
+            }
+            info!(
+                "created {}: outer pid {}, service awaits migration {mid}",
+                self.id, self.outer_pid
+            );
+            self.incoming = Some(Incoming::new(mid));
+            return Ok(());
+        }
         let (prepared, io) = ProcessIo::prepare(&self.init.io_paths).await?;
         self.init.io = io.into();
         let pid = self
@@ -178,6 +205,9 @@ impl Container {
             )));
         }
         if exec_id.is_empty() {
+            if self.incoming.is_some() {
+                return self.restore().await;
+            }
             self.runc.start(SERVICE).await?;
             self.init.set_started();
             return Ok(self.init.pid);
@@ -223,7 +253,199 @@ impl Container {
         Ok(pid)
     }
 
+    /// The destination's Start: the images are in (see `Incoming::wait`), restore from them.
+    async fn restore(&mut self) -> Result<i32> {
+        let Some(incoming) = &self.incoming else {
+            return Err(Error::FailedPrecondition(
+                "no migration to restore from".into(),
+            ));
+        };
+        incoming.wait().await?;
+        let mid = incoming.migration_id.clone();
+        let (prepared, io) = ProcessIo::prepare(&self.init.io_paths).await?;
+        let dir = ums_dir(&self.bundle);
+        let res = RestoreJob {
+            runc: &self.runc,
+            dir: &dir,
+            service_bundle: &dir.join(SERVICE),
+            upperdir: self.upperdir.as_deref(),
+            migration_id: &mid,
+        }
+        .run(None, prepared.child)
+        .await;
+        let pid = match res {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.close();
+                if let Some(i) = &mut self.incoming {
+                    i.phase = "failed";
+                }
+                return Err(e);
+            }
+        };
+        self.init.io = io.into();
+        self.init.pid = pid;
+        self.init.set_started();
+        self.incoming = None;
+        Ok(pid)
+    }
+
+    /// Refuses control requests while the service is being migrated away.
+    pub fn ensure_not_migrating(&self) -> Result<()> {
+        match &self.outgoing {
+            Some(m) => Err(Error::FailedPrecondition(format!(
+                "task {} is being migrated (migration {}, {}): retry when it has ended",
+                self.id, m.migration_id, m.phase
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Source: marks the migration and hands out what the dump needs (run without the lock).
+    pub fn begin_dump(&mut self, migration_id: &str) -> Result<DumpJob> {
+        self.ensure_not_migrating()?;
+        if self.init.status() != containerd_shim_protos::api::Status::RUNNING {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} is {:?}: only a running task can be migrated",
+                self.id,
+                self.init.status()
+            )));
+        }
+        if self.init.io_paths.terminal {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} has a terminal: it cannot be migrated",
+                self.id
+            )));
+        }
+        let progress = criu_sync::Progress::new();
+        self.outgoing = Some(Outgoing {
+            migration_id: migration_id.to_string(),
+            phase: "dumping",
+            progress: progress.clone(),
+        });
+        Ok(DumpJob {
+            progress,
+            runc: self.runc.clone(),
+            dir: ums_dir(&self.bundle),
+            upperdir: self.upperdir.clone(),
+            migration_id: migration_id.to_string(),
+        })
+    }
+
+    fn outgoing_named(&self, migration_id: &str) -> Result<&Outgoing> {
+        self.outgoing
+            .as_ref()
+            .filter(|m| m.migration_id == migration_id)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "task {} has no migration {migration_id} in progress",
+                    self.id
+                ))
+            })
+    }
+
+    /// Source: the dump ended; Ok leaves the service frozen awaiting Commit or Abort.
+    pub fn end_dump(&mut self, migration_id: &str, ok: bool) {
+        if ok {
+            if let Some(m) = self
+                .outgoing
+                .as_mut()
+                .filter(|m| m.migration_id == migration_id)
+            {
+                m.phase = "dumped";
+            }
+        } else {
+            self.outgoing = None;
+        }
+    }
+
+    /// Source: the destination runs the service; end it here (SIGKILL, then thaw so it dies).
+    pub async fn commit(&mut self, migration_id: &str) -> Result<()> {
+        if self.outgoing_named(migration_id)?.phase != "dumped" {
+            return Err(Error::FailedPrecondition(format!(
+                "migration {migration_id} of task {} has not finished its dump",
+                self.id
+            )));
+        }
+        // runc's kill --all thaws the cgroup after signalling; resume only if it did not.
+        self.runc.kill(SERVICE, libc::SIGKILL as u32, true).await?;
+        if self
+            .runc
+            .state(SERVICE)
+            .await
+            .is_ok_and(|s| s.status == "paused")
+        {
+            self.runc.resume(SERVICE).await?;
+        }
+        self.outgoing = None;
+        info!(
+            "{}: migration {migration_id} committed, service ended here",
+            self.id
+        );
+        Ok(())
+    }
+
+    /// Either side: give the migration up. The source resumes its frozen service.
+    pub async fn abort(&mut self, migration_id: &str) -> Result<()> {
+        if let Some(i) = self
+            .incoming
+            .as_mut()
+            .filter(|i| i.migration_id == migration_id)
+        {
+            i.abort("aborted by the coordinator");
+            return Ok(());
+        }
+        let phase = self.outgoing_named(migration_id)?.phase;
+        if phase == "dumped" {
+            self.runc.resume(SERVICE).await?;
+        }
+        // While "dumping", the dump itself resumes the service when it fails.
+        self.outgoing = None;
+        info!(
+            "{}: migration {migration_id} aborted, service resumed",
+            self.id
+        );
+        Ok(())
+    }
+
+    pub fn migration_phase(&self, migration_id: &str) -> Option<(&'static str, u64)> {
+        if let Some(m) = self
+            .outgoing
+            .as_ref()
+            .filter(|m| m.migration_id == migration_id)
+        {
+            return Some((m.phase, m.progress.bytes()));
+        }
+        self.incoming
+            .as_ref()
+            .filter(|i| i.migration_id == migration_id)
+            .map(|i| (i.phase, i.bytes()))
+    }
+
+    /// Destination: listen for the images of `migration_id`.
+    pub async fn prepare(
+        &mut self,
+        migration_id: &str,
+        listen: &str,
+        token: &str,
+        max_bytes: u64,
+    ) -> Result<std::net::SocketAddr> {
+        let dir = ums_dir(&self.bundle).join(format!("in-{migration_id}"));
+        let id = self.id.clone();
+        let incoming = self
+            .incoming
+            .as_mut()
+            .filter(|i| i.migration_id == migration_id)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "task {id} was not created as the destination of migration {migration_id} (annotation {RESTORE_ANNOTATION})"
+                ))
+            })?;
+        incoming.listen(listen, token, max_bytes, dir).await
+    }
+
     pub fn add_exec(&mut self, exec_id: &str, io_paths: IoPaths, spec: &Any) -> Result<()> {
+        self.ensure_not_migrating()?;
         if self.execs.contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!(
                 "exec {exec_id} already exists in task {}",
@@ -245,6 +467,7 @@ impl Container {
     }
 
     pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        self.ensure_not_migrating()?;
         let p = self.process(exec_id)?;
         if p.exited().is_some() {
             return Err(Error::NotFound(format!(
@@ -276,12 +499,14 @@ impl Container {
     }
 
     pub async fn pause(&mut self) -> Result<()> {
+        self.ensure_not_migrating()?;
         self.runc.pause(SERVICE).await?;
         self.init.set_paused(true);
         Ok(())
     }
 
     pub async fn resume(&mut self) -> Result<()> {
+        self.ensure_not_migrating()?;
         self.runc.resume(SERVICE).await?;
         self.init.set_paused(false);
         Ok(())
@@ -298,6 +523,7 @@ impl Container {
 
     /// Applies new limits to the outer's cgroup; the service's lies below it.
     pub async fn update(&self, resources: &Any) -> Result<()> {
+        self.ensure_not_migrating()?;
         let value: Value = serde_json::from_slice(&resources.value)
             .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
         let path = ums_dir(&self.bundle).join("update.json");
@@ -309,6 +535,7 @@ impl Container {
 
     /// Checkpoints the service only; the outer keeps running.
     pub async fn checkpoint(&self, mut opts: CheckpointOpts) -> Result<()> {
+        self.ensure_not_migrating()?;
         if opts.work_path.as_os_str().is_empty() {
             opts.work_path = ums_dir(&self.bundle).join("criu-work");
         }
@@ -323,6 +550,9 @@ impl Container {
 
     /// Removes both runc containers, the rootfs mount and the shim's files of the bundle.
     pub async fn destroy(&mut self) {
+        if let Some(i) = &mut self.incoming {
+            i.abort("task deleted");
+        }
         self.init.io.close();
         for p in self.execs.values() {
             p.io.close();
@@ -352,6 +582,7 @@ pub async fn cleanup(bundle: &Path) {
     if let Ok(Err(e)) = res {
         warn!("unmount {}: {e}", rootfs.display());
     }
+    crate::migration_service::remove_stale_socket(&ums_dir(bundle).join("migration.address"));
     if let Err(e) = tokio::fs::remove_dir_all(ums_dir(bundle)).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!("remove {}: {e}", ums_dir(bundle).display());

@@ -5,10 +5,13 @@
 pub mod api;
 pub mod command;
 pub mod container;
+pub mod criu_stats;
 pub mod error;
 pub mod events;
 pub mod holder;
 pub mod metrics;
+pub mod migration;
+pub mod migration_service;
 pub mod oom;
 pub mod pids;
 pub mod process;

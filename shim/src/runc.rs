@@ -165,6 +165,47 @@ impl Runc {
         read_pid(pid_file).await
     }
 
+    /// `runc restore --detach` of CRIU images into the container described by `bundle`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        image_path: &Path,
+        work_path: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<i32> {
+        let mut args = vec![
+            "restore".to_string(),
+            "--detach".into(),
+            "--bundle".into(),
+            path_arg(bundle),
+            "--image-path".into(),
+            path_arg(image_path),
+            "--work-path".into(),
+            path_arg(work_path),
+            "--pid-file".into(),
+            path_arg(pid_file),
+        ];
+        if let Some(sock) = console_socket {
+            args.extend(["--console-socket".into(), path_arg(sock)]);
+        }
+        args.push(id.into());
+        let log = bundle.join("runc-restore.log");
+        self.run_with_stdio("restore", args, &log, stdio)
+            .await
+            .map_err(|e| match e {
+                Error::Runc { cmd, msg } => Error::Runc {
+                    cmd,
+                    msg: format!("{msg} (CRIU log: {}/restore.log)", work_path.display()),
+                },
+                e => e,
+            })?;
+        read_pid(pid_file).await
+    }
+
     pub async fn start(&self, id: &str) -> Result<()> {
         self.run(&["start", id]).await.map(drop)
     }

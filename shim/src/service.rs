@@ -27,6 +27,7 @@ use crate::{
     container::Container,
     error::{Error, Result},
     events::Events,
+    migration_service,
     oom::OomWatcher,
     pids::{Owner, PidTable, Role},
     process::timestamp,
@@ -39,9 +40,11 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct TaskService {
     inner: Arc<Inner>,
+    /// The migration API's ttrpc server, alive as long as the service.
+    _migration: Mutex<containerd_shim_protos::ttrpc::r#async::Server>,
 }
 
-struct Inner {
+pub struct Inner {
     containers: Mutex<HashMap<String, Arc<AsyncMutex<Container>>>>,
     pids: Mutex<PidTable>,
     events: Events,
@@ -70,12 +73,16 @@ impl TaskService {
                 }
             }
         });
-        Ok(TaskService { inner })
+        let migration = migration_service::serve(inner.clone()).await?;
+        Ok(TaskService {
+            inner,
+            _migration: Mutex::new(migration),
+        })
     }
 }
 
 impl Inner {
-    fn container(&self, id: &str) -> Result<Arc<AsyncMutex<Container>>> {
+    pub(crate) fn container(&self, id: &str) -> Result<Arc<AsyncMutex<Container>>> {
         self.containers
             .lock()
             .expect("lock")
@@ -228,13 +235,19 @@ impl Task for TaskService {
             .insert(req.id.clone(), Arc::new(AsyncMutex::new(c)));
         self.inner.register(outer_pid, &req.id, Role::Outer);
         self.inner.watch_oom(&req.id, outer_pid);
-        self.inner.register(
-            init_pid,
-            &req.id,
-            Role::Service {
-                exec_id: String::new(),
-            },
-        );
+        if init_pid > 0 {
+            self.inner.register(
+                init_pid,
+                &req.id,
+                Role::Service {
+                    exec_id: String::new(),
+                },
+            );
+        }
+        let address_file = std::path::Path::new(&req.bundle).join("ums/migration.address");
+        if let Err(e) = tokio::fs::write(&address_file, migration_service::address()).await {
+            warn!("write {}: {e}", address_file.display());
+        }
         self.inner
             .events
             .publish(TaskCreate {
@@ -261,8 +274,25 @@ impl Task for TaskService {
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let c = self.inner.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            // A migration's destination: wait for the images without holding the task.
+            let images = c.lock().await.incoming.as_ref().map(|i| i.wait());
+            if let Some(images) = images {
+                images.await?;
+            }
+        }
         let mut c = c.lock().await;
+        let restoring = req.exec_id.is_empty() && c.incoming.is_some();
         let pid = c.start(&req.exec_id).await?;
+        if restoring {
+            self.inner.register(
+                pid,
+                &req.id,
+                Role::Service {
+                    exec_id: String::new(),
+                },
+            );
+        }
         let pid = if req.exec_id.is_empty() {
             self.inner
                 .events
@@ -345,7 +375,28 @@ impl Task for TaskService {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         let c = self.inner.container(&req.id)?;
-        let c = c.lock().await;
+        let mut c = c.lock().await;
+        if req.exec_id.is_empty() && c.init.pid == 0 && c.init.exited().is_none() {
+            // A migration's destination whose service was never restored: there is no
+            // process to signal, so the task ends here as if the signal had killed it.
+            if let Some(i) = &mut c.incoming {
+                i.abort("task killed");
+            }
+            c.kill_outer();
+            let exit = c.init.set_exited(128 + req.signal as i32);
+            self.inner
+                .events
+                .publish(TaskExit {
+                    container_id: req.id.clone(),
+                    id: req.id.clone(),
+                    pid: c.outer_pid as u32,
+                    exit_status: exit.code,
+                    exited_at: MessageField::some(exit.timestamp()),
+                    ..Default::default()
+                })
+                .await;
+            return Ok(Empty::new());
+        }
         c.kill(&req.exec_id, req.signal, req.all).await?;
         Ok(Empty::new())
     }
@@ -353,6 +404,7 @@ impl Task for TaskService {
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let arc = self.inner.container(&req.id)?;
         let mut c = arc.lock().await;
+        c.ensure_not_migrating()?;
         let p = c.process(&req.exec_id)?;
         let status = p.status();
         if status == Status::RUNNING || status == Status::PAUSED {
@@ -547,6 +599,7 @@ impl Task for TaskService {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         if self.inner.containers.lock().expect("lock").is_empty() {
             info!("no tasks left: shim exits");
+            let _ = std::fs::remove_file(migration_service::socket_path());
             self.inner.exit.signal();
         }
         Ok(Empty::new())

@@ -64,6 +64,10 @@ impl BundleSpec {
         Ok(BundleSpec { value, rootfs })
     }
 
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.value.get("annotations")?.get(key)?.as_str()
+    }
+
     pub fn rootfs(&self) -> &Path {
         &self.rootfs
     }

@@ -156,8 +156,12 @@ impl ProcessIo {
                 io,
             ));
         }
+        // Where containerd gives no stdio, the process still gets pipes, never the host's
+        // /dev/null: CRIU cannot dump an fd of a mount outside the container. An empty stdin
+        // is a pipe already closed at its other end: reads see EOF, as from /dev/null.
         let stdin = if paths.stdin.is_empty() {
-            Stdio::null()
+            let (r, _closed) = pipe2(OFlag::O_CLOEXEC)?;
+            Stdio::from(r)
         } else {
             let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
             let dst = pipe::Sender::from_owned_fd(w).map_err(Error::io("stdin pipe"))?;
@@ -180,10 +184,11 @@ impl ProcessIo {
     }
 
     async fn output_pipe(&self, target: &str) -> Result<Stdio> {
-        if target.is_empty() {
-            return Ok(Stdio::null());
-        }
-        let sink = open_sink(target).await?;
+        let sink: Sink = if target.is_empty() {
+            Box::new(tokio::io::sink())
+        } else {
+            open_sink(target).await?
+        };
         let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
         let src = pipe::Receiver::from_owned_fd(r).map_err(Error::io("output pipe"))?;
         self.copies

@@ -31,6 +31,8 @@ pub struct Params {
     pub cni_conf_dir: PathBuf,
     /// runc's state root for CRI containers of the `runc` handler (kept inside the instance dir).
     pub runc_cri_root: PathBuf,
+    /// The CRI sandbox (pause) image, e.g. [`PAUSE_IMAGE`]; it must be imported into `k8s.io`.
+    pub sandbox_image: String,
 }
 
 fn q(p: &std::path::Path) -> String {
@@ -105,7 +107,7 @@ disabled_plugins = [
         state = q(&p.state),
         sock = q(&p.socket),
         ttrpc = q(&ttrpc_path(p)),
-        pause = PAUSE_IMAGE,
+        pause = p.sandbox_image,
         runc = RUNC_HANDLER,
         runc_type = RUNC_RUNTIME_TYPE,
         runc_root = q(&p.runc_cri_root),
@@ -187,7 +189,7 @@ disabled_plugins = [
         state = q(&p.state),
         sock = q(&p.socket),
         ttrpc = q(&ttrpc_path(p)),
-        pause = PAUSE_IMAGE,
+        pause = p.sandbox_image,
         runc = RUNC_HANDLER,
         runc_type = RUNC_RUNTIME_TYPE,
         runc_root = q(&p.runc_cri_root),
@@ -242,6 +244,7 @@ mod tests {
             socket: "/run/ums-test/x/c.sock".into(),
             cni_conf_dir: "/run/ums-test/x/cni".into(),
             runc_cri_root: "/run/ums-test/x/runc-cri".into(),
+            sandbox_image: PAUSE_IMAGE.into(),
         }
     }
 

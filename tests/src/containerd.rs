@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::{self, Params, BUSYBOX_IMAGE, PAUSE_IMAGE};
 use crate::ctr::Ctr;
-use crate::image::{write_oci_tarball, ImageSpec};
+use crate::image::{busybox_spec, pause_spec, write_oci_tarball};
 use crate::net::NetLease;
 use crate::util::{self, wait_child, wait_for};
 use crate::{rootfs, sweep};
@@ -191,6 +191,7 @@ impl Containerd {
             socket: c.socket.clone(),
             cni_conf_dir: c.dir.join("cni"),
             runc_cri_root: c.dir.join("runc-cri"),
+            sandbox_image: PAUSE_IMAGE.into(),
         };
         fs::write(&c.config, config::containerd_toml(&params)).map_err(|e| e.to_string())?;
         c.spawn_daemon()?;
@@ -309,23 +310,11 @@ impl Containerd {
             ));
         }
         // The plugins the tests need must have loaded (a bad config only shows in the log).
-        let plugins = ctr.cmd_timeout(&["plugins", "ls"], Duration::from_secs(10));
-        let broken: Vec<&str> = plugins
-            .stdout
-            .lines()
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() >= 3
-                    && f[0] == "io.containerd.grpc.v1"
-                    && ["cri", "tasks", "containers", "images"].contains(&f[1])
-                    && f[f.len() - 1] != "ok"
-            })
-            .collect();
-        if !plugins.success() || !broken.is_empty() {
+        if let Err(e) = required_plugins_loaded(&ctr) {
             util::kill_group(&child);
             let _ = child.wait();
             return Err(format!(
-                "required containerd plugins failed to load: {broken:?}\n{plugins}\n--- {} (tail) ---\n{}",
+                "{e}\n--- {} (tail) ---\n{}",
                 self.log.display(),
                 util::tail(&self.log, 60)
             ));
@@ -445,17 +434,8 @@ impl Containerd {
         let root = self.dir.join("img/rootfs");
         rootfs::build_busybox_rootfs(&root)
             .unwrap_or_else(|e| panic!("building image rootfs: {e}"));
-        let busybox = ImageSpec::new(BUSYBOX_IMAGE, &[], &["/bin/sh"]);
-        // A pause that exits promptly on SIGTERM/SIGINT (sh as pid 1 only dies from handled signals).
-        let pause = ImageSpec::new(
-            PAUSE_IMAGE,
-            &[
-                "/bin/sh",
-                "-c",
-                "trap 'exit 0' TERM INT; while :; do sleep 1; done",
-            ],
-            &[],
-        );
+        let busybox = busybox_spec(BUSYBOX_IMAGE);
+        let pause = pause_spec(PAUSE_IMAGE);
         for (spec, file) in [(&busybox, "busybox.tar"), (&pause, "pause.tar")] {
             let tar = self.dir.join("img").join(file);
             write_oci_tarball(&root, spec, &tar)
@@ -483,25 +463,7 @@ impl Containerd {
     /// Removes every task and container (both namespaces) through ctr. Best effort, bounded in time.
     pub fn remove_all_tasks(&self) {
         for ctr in [self.ctr(), self.ctr_k8s()] {
-            for t in ctr.tasks() {
-                if t.status == "PAUSED" {
-                    ctr.cmd_timeout(&["tasks", "resume", &t.id], Duration::from_secs(10));
-                }
-                ctr.cmd_timeout(
-                    &["tasks", "kill", "--all", "-s", "SIGKILL", &t.id],
-                    Duration::from_secs(10),
-                );
-            }
-            for t in ctr.tasks() {
-                ctr.cmd_timeout(
-                    &["tasks", "delete", "--force", &t.id],
-                    Duration::from_secs(15),
-                );
-            }
-            let ids = ctr.cmd_timeout(&["containers", "ls", "-q"], Duration::from_secs(10));
-            for id in ids.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                ctr.cmd_timeout(&["containers", "delete", id], Duration::from_secs(10));
-            }
+            ctr.remove_all_tasks();
         }
     }
 
@@ -542,6 +504,29 @@ impl Drop for Containerd {
             );
         }
     }
+}
+
+/// The gRPC plugins the tests need (cri, tasks, containers, images) loaded: a bad config only
+/// shows in containerd's log otherwise. Err has `ctr plugins ls`.
+pub fn required_plugins_loaded(ctr: &Ctr) -> Result<(), String> {
+    let plugins = ctr.cmd_timeout(&["plugins", "ls"], Duration::from_secs(10));
+    let broken: Vec<&str> = plugins
+        .stdout
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3
+                && f[0] == "io.containerd.grpc.v1"
+                && ["cri", "tasks", "containers", "images"].contains(&f[1])
+                && f[f.len() - 1] != "ok"
+        })
+        .collect();
+    if !plugins.success() || !broken.is_empty() {
+        return Err(format!(
+            "required containerd plugins failed to load: {broken:?}\n{plugins}"
+        ));
+    }
+    Ok(())
 }
 
 fn preflight(version: Version, runtime: Runtime) -> Result<(), String> {

@@ -381,6 +381,44 @@ impl Ctr {
         out.code
     }
 
+    /// Kills (SIGKILL, after a resume of paused ones) and deletes every task, then deletes every
+    /// container of this namespace. Best effort, bounded in time: for teardown.
+    pub fn remove_all_tasks(&self) {
+        for t in self.tasks() {
+            if t.status == "PAUSED" {
+                self.cmd_timeout(&["tasks", "resume", &t.id], Duration::from_secs(10));
+            }
+            self.cmd_timeout(
+                &["tasks", "kill", "--all", "-s", "SIGKILL", &t.id],
+                Duration::from_secs(10),
+            );
+        }
+        for t in self.tasks() {
+            self.cmd_timeout(
+                &["tasks", "delete", "--force", &t.id],
+                Duration::from_secs(15),
+            );
+        }
+        let ids = self.cmd_timeout(&["containers", "ls", "-q"], Duration::from_secs(10));
+        for id in ids.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            self.cmd_timeout(&["containers", "delete", id], Duration::from_secs(10));
+        }
+    }
+
+    /// The containerd namespaces (`ctr namespaces ls -q`; empty on error).
+    pub fn namespaces(&self) -> Vec<String> {
+        let out = self.cmd_timeout(&["namespaces", "ls", "-q"], Duration::from_secs(10));
+        if !out.success() {
+            return Vec::new();
+        }
+        out.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// `ctr images import` of a tarball; panics with ctr's output on failure.
     #[track_caller]
     pub fn import_image(&self, tar: &Path) {

@@ -35,6 +35,24 @@ impl ImageSpec {
     }
 }
 
+/// The sandbox (pause) image's process, for an image made from a busybox rootfs: a shell that
+/// exits promptly on SIGTERM/SIGINT (sh as pid 1 only dies from handled signals).
+pub const PAUSE_ENTRYPOINT: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 1; done",
+];
+
+/// A pause image (made from a busybox rootfs) named `name`: no registry serves one here.
+pub fn pause_spec(name: &str) -> ImageSpec {
+    ImageSpec::new(name, &PAUSE_ENTRYPOINT, &[])
+}
+
+/// A busybox image named `name` whose default command is `/bin/sh`.
+pub fn busybox_spec(name: &str) -> ImageSpec {
+    ImageSpec::new(name, &[], &["/bin/sh"])
+}
+
 pub fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",

@@ -7,6 +7,9 @@
 //!
 //! `UMS_TEST_RUNTIME=runc` runs the same tests against containerd's runc shim (nesting checks
 //! are then skipped) to validate the harness itself.
+//!
+//! [`testbed`] serves `hack/testbed.sh` (two systems in network namespaces, for migrations) and
+//! tests that run on it.
 
 pub mod config;
 pub mod containerd;
@@ -20,6 +23,7 @@ pub mod procfs;
 pub mod pty;
 pub mod rootfs;
 pub mod sweep;
+pub mod testbed;
 pub mod util;
 
 pub use containerd::{Containerd, Runtime, Version};

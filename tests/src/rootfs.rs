@@ -26,8 +26,9 @@ pub fn busybox_applets() -> io::Result<Vec<String>> {
         .collect())
 }
 
-/// True when a 64-bit ELF file has a PT_INTERP program header (is dynamically linked).
-fn has_interpreter(p: &Path) -> io::Result<bool> {
+/// True when a 64-bit ELF file has a PT_INTERP program header (is dynamically linked); an
+/// error when `p` is not a 64-bit ELF file.
+pub fn has_interpreter(p: &Path) -> io::Result<bool> {
     let b = fs::read(p)?;
     if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
         return Err(io::Error::other(format!(
@@ -83,6 +84,44 @@ pub fn build_busybox_rootfs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Copies `src` to `dest` inside `rootfs` (`dest` absolute, as seen in the container; parent dirs
+/// created; mode kept). An ELF executable that is dynamically linked is refused: busybox-only
+/// images have no dynamic loader or libc.
+pub fn add_file(rootfs: &Path, src: &Path, dest: &str) -> io::Result<()> {
+    let rel = dest.trim_start_matches('/');
+    if rel.is_empty() || Path::new(rel).components().any(|c| c.as_os_str() == "..") {
+        return Err(io::Error::other(format!(
+            "bad destination `{dest}`: an absolute path inside the rootfs without `..`"
+        )));
+    }
+    let head = {
+        let mut b = [0u8; 4];
+        use std::io::Read;
+        let n = fs::File::open(src)
+            .and_then(|mut f| f.read(&mut b))
+            .map_err(|e| io::Error::other(format!("{}: {e}", src.display())))?;
+        b[..n].to_vec()
+    };
+    if head == b"\x7fELF" && has_interpreter(src)? {
+        return Err(io::Error::other(format!(
+            "{} is dynamically linked; the image has no libc (build it static: hack/build-workloads.sh)",
+            src.display()
+        )));
+    }
+    let dst = rootfs.join(rel);
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    // The destination may be a busybox applet symlink: replace it, never write through it.
+    if fs::symlink_metadata(&dst).is_ok() {
+        fs::remove_file(&dst)?;
+    }
+    fs::copy(src, &dst).map_err(|e| {
+        io::Error::other(format!("copy {} -> {}: {e}", src.display(), dst.display()))
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +143,17 @@ mod tests {
         assert!(dir.join("etc/passwd").is_file());
         // Building twice is fine.
         build_busybox_rootfs(&dir).unwrap();
+        // A static binary can be added (over an applet symlink), a dynamic one cannot.
+        add_file(&dir, Path::new(BUSYBOX), "/bin/true").unwrap();
+        assert!(fs::symlink_metadata(dir.join("bin/true"))
+            .unwrap()
+            .is_file());
+        add_file(&dir, Path::new(BUSYBOX), "/usr/local/bin/bb").unwrap();
+        let dynamic = Path::new("/bin/ls");
+        if dynamic.exists() && has_interpreter(dynamic).unwrap_or(false) {
+            assert!(add_file(&dir, dynamic, "/bin/ls2").is_err());
+        }
+        assert!(add_file(&dir, Path::new(BUSYBOX), "/../x").is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,7 +65,8 @@ pub fn instance_pids(dir: &Path, ns: &str) -> Vec<i32> {
         .collect()
 }
 
-fn ancestors(pid: i32) -> Vec<i32> {
+/// The ancestors of `pid`, its parent first.
+pub fn ancestors(pid: i32) -> Vec<i32> {
     let mut v = Vec::new();
     let mut p = pid;
     while let Some((_, pp, _)) = procfs::stat(p) {
@@ -118,9 +119,15 @@ pub fn socket_path_of(address: &str) -> Option<PathBuf> {
     }
 }
 
-fn thaw(ns: &str) {
+/// Thaws the cgroup tree `rel` (e.g. `ums-x` or `default/web`) in every hierarchy: SIGKILL waits
+/// for a frozen task.
+pub fn thaw_tree(rel: &str) {
+    let rel = rel.trim_matches('/');
+    if rel.is_empty() {
+        return;
+    }
     for m in procfs::cgroup_mounts() {
-        let root = m.join(ns);
+        let root = m.join(rel);
         if !root.is_dir() {
             continue;
         }
@@ -145,23 +152,24 @@ fn thaw(ns: &str) {
     }
 }
 
-pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
-    let mut r = SweepReport::default();
-    let sockets = shim_sockets(dir);
-
-    // Processes: thaw frozen cgroups first (SIGKILL waits for a frozen task), then kill until none.
+/// SIGKILLs whatever `pids()` lists until it lists nothing (15 s at most), calling `thaw()`
+/// before each round. Records what it killed, or the survivors as a problem.
+pub fn kill_until_gone(
+    r: &mut SweepReport,
+    mut thaw: impl FnMut(),
+    mut pids: impl FnMut() -> Vec<i32>,
+) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut killed: Vec<String> = Vec::new();
+    let mut killed: Vec<(i32, String)> = Vec::new();
     loop {
-        thaw(ns);
-        let pids = instance_pids(dir, ns);
+        thaw();
+        let pids = pids();
         if pids.is_empty() {
             break;
         }
         for p in &pids {
-            let desc = format!("{p} ({})", procfs::cmdline_str(*p));
-            if !killed.contains(&desc) {
-                killed.push(desc);
+            if !killed.iter().any(|(k, _)| k == p) {
+                killed.push((*p, format!("{p} ({})", procfs::cmdline_str(*p))));
             }
             unsafe {
                 libc::kill(*p, libc::SIGKILL);
@@ -175,10 +183,13 @@ pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
         std::thread::sleep(Duration::from_millis(100));
     }
     if !killed.is_empty() {
-        r.actions.push(format!("killed {}", killed.join(", ")));
+        let descs: Vec<String> = killed.into_iter().map(|(_, d)| d).collect();
+        r.actions.push(format!("killed {}", descs.join(", ")));
     }
+}
 
-    // Mounts under the dir (container rootfs, shm, netns files, ...), deepest first.
+/// Unmounts (lazily) every mount at or below `dir` in our mount namespace, deepest first.
+pub fn unmount_under(r: &mut SweepReport, dir: &Path) {
     for round in 0..5 {
         let ms = procfs::mounts_under(dir);
         if ms.is_empty() {
@@ -195,23 +206,36 @@ pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
                 .push(format!("mounts remain: {:?}", procfs::mounts_under(dir)));
         }
     }
+}
 
-    // cgroups of the instance, deepest first (retry briefly: dying tasks leave them busy).
+/// Removes the cgroup trees `rels` (paths relative to each hierarchy's root, e.g. `/default/web`)
+/// in every hierarchy, deepest first, retrying for 5 s while dying tasks keep them busy. Returns
+/// how many directories below the roots were removed (the roots themselves are not counted).
+pub fn remove_cgroup_trees(r: &mut SweepReport, rels: &[String]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut removed = 0;
     loop {
         let mut left = Vec::new();
-        for root in instance_cgroup_dirs(ns) {
-            for d in procfs::subdirs_deepest_first(&root) {
-                match fs::remove_dir(&d) {
-                    Ok(()) => removed += 1,
-                    Err(_) if d.exists() => left.push(d),
-                    Err(_) => {}
+        for m in procfs::cgroup_mounts() {
+            for rel in rels {
+                let rel = rel.trim_matches('/');
+                if rel.is_empty() {
+                    continue;
                 }
-            }
-            // The empty `/<ns>` parent made by runc's mkdir -p is expected: not counted.
-            if fs::remove_dir(&root).is_err() && root.exists() {
-                left.push(root);
+                let root = m.join(rel);
+                if !root.is_dir() {
+                    continue;
+                }
+                for d in procfs::subdirs_deepest_first(&root) {
+                    match fs::remove_dir(&d) {
+                        Ok(()) => removed += 1,
+                        Err(_) if d.exists() => left.push(d),
+                        Err(_) => {}
+                    }
+                }
+                if fs::remove_dir(&root).is_err() && root.exists() {
+                    left.push(root);
+                }
             }
         }
         if left.is_empty() {
@@ -224,6 +248,34 @@ pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    removed
+}
+
+/// Removes shim sockets (from bundles' `address` files, collected before the shims died) that
+/// are still there.
+pub fn remove_sockets(r: &mut SweepReport, sockets: Vec<PathBuf>) {
+    for s in sockets {
+        if fs::symlink_metadata(&s).is_ok() {
+            r.actions
+                .push(format!("removed shim socket {}", s.display()));
+            let _ = fs::remove_file(&s);
+        }
+    }
+}
+
+pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
+    let mut r = SweepReport::default();
+    let sockets = shim_sockets(dir);
+
+    // Processes: thaw frozen cgroups first (SIGKILL waits for a frozen task), then kill until none.
+    kill_until_gone(&mut r, || thaw_tree(ns), || instance_pids(dir, ns));
+
+    // Mounts under the dir (container rootfs, shm, netns files, ...), deepest first.
+    unmount_under(&mut r, dir);
+
+    // cgroups of the instance (the empty `/<ns>` parent made by runc's mkdir -p is expected: not
+    // counted).
+    let removed = remove_cgroup_trees(&mut r, &[ns.to_string()]);
     if removed > 0 {
         r.actions
             .push(format!("removed {removed} cgroup dirs under /{ns}"));
@@ -241,13 +293,7 @@ pub fn sweep_instance(dir: &Path, ns: &str) -> SweepReport {
         }
         let _ = fs::remove_dir_all(&runc_root);
     }
-    for s in sockets {
-        if fs::symlink_metadata(&s).is_ok() {
-            r.actions
-                .push(format!("removed shim socket {}", s.display()));
-            let _ = fs::remove_file(&s);
-        }
-    }
+    remove_sockets(&mut r, sockets);
 
     r.actions.extend(crate::net::release_for_dir(dir));
 

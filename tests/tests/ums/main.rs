@@ -12,5 +12,6 @@ mod events;
 mod exec;
 mod io;
 mod lifecycle;
+mod migration;
 mod restart;
 mod stress;

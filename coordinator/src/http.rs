@@ -1,0 +1,129 @@
+//! A small JSON-over-HTTP/1.1 client: coordinator -> peer coordinator, and `ums migrate` ->
+//! its coordinator.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{header, Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{Error, ErrorBody, Result};
+
+/// The largest answer we read (records lists included).
+const MAX_RESPONSE: usize = 16 << 20;
+
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    bearer: Option<String>,
+}
+
+impl HttpClient {
+    /// `bearer`: sent as `Authorization: Bearer <token>` on every request.
+    pub fn new(bearer: Option<String>) -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            bearer,
+        }
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<R> {
+        self.call::<(), R>(Method::GET, url, None, timeout).await
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R> {
+        self.call(Method::POST, url, Some(body), timeout).await
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<R> {
+        let peer_err = |status: Option<u16>, message: String| Error::Peer {
+            url: url.to_string(),
+            status,
+            message,
+        };
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b)
+                .map_err(|e| Error::Internal(format!("encoding a request to {url}: {e}")))?,
+            None => Vec::new(),
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(header::ACCEPT, "application/json");
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.bearer {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| Error::BadRequest(format!("request to {url}: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| peer_err(None, format!("unreachable: {}", error_chain(&e))))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| peer_err(Some(status.as_u16()), format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, Error>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| peer_err(None, format!("no answer within {}s", timeout.as_secs())))??;
+        if !status.is_success() {
+            let message = match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => e.error,
+                Err(_) => {
+                    let text = String::from_utf8_lossy(&body);
+                    let text = text.trim();
+                    if text.is_empty() {
+                        status.to_string()
+                    } else {
+                        format!("{status}: {}", text.chars().take(500).collect::<String>())
+                    }
+                }
+            };
+            return Err(peer_err(Some(status.as_u16()), message));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| peer_err(Some(status.as_u16()), format!("unexpected answer: {e}")))
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

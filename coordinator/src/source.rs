@@ -1,0 +1,646 @@
+//! The source side of a migration, driven by the source coordinator (paper, III-B):
+//!
+//! 1. pre-migration: the container, its running task and its ums runtime checked here; the
+//!    destination coordinator asked to create the container through ITS containerd from our
+//!    spec (restore marker set) and to have its shim listen for the images;
+//! 2. migration: our shim's Dump (freeze, checkpoint, stream; returns once the destination
+//!    verified everything), then the destination's containerd starts the task (restore);
+//! 3. post-migration: our shim's Commit (the service ends here), the task, container and
+//!    snapshot deleted through our containerd; the new location returned.
+//!
+//! Until the destination confirms the restore, any failure aborts both sides: our shim resumes
+//! the frozen service, the destination removes what it created.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use serde_json::Value;
+
+use crate::api::{
+    AbortResponse, AnyJson, DumpFigures, Health, IncomingRequest, IncomingResponse, Location,
+    MigrateAccepted, MigrateRequest, Phase, PhasesMs, Report, RestoreResponse, Role, State,
+    APPROACH,
+};
+use crate::containerd::{runtime_of, Containerd, TaskState};
+use crate::coordinator::{new_migration_id, random_hex, Coordinator};
+use crate::error::{Error, Result};
+use crate::refs::{ContainerRef, PeerUrl};
+use crate::shim::Shim;
+use crate::spec::check_source_spec;
+
+pub const UMS_RUNTIME: &str = ums_shim::RUNTIME_TYPE;
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Creating the container and task on the destination and its shim's Prepare.
+const INCOMING_TIMEOUT: Duration = Duration::from_secs(120);
+/// The destination's containerd Start (CRIU restore) until RUNNING.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+const ABORT_TIMEOUT: Duration = Duration::from_secs(60);
+const SHIM_ADDRESS_WAIT: Duration = Duration::from_secs(2);
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What the local checks found: everything the migration needs.
+struct Plan {
+    id: String,
+    container: ContainerRef,
+    source_url: String,
+    to: PeerUrl,
+    peer_name: String,
+    image: String,
+    snapshotter: String,
+    snapshot_key: String,
+    runtime_options: Option<AnyJson>,
+    labels: std::collections::HashMap<String, String>,
+    spec: Value,
+    spec_type_url: String,
+    shim: Shim,
+    containerd: Containerd,
+    started: Instant,
+}
+
+impl Coordinator {
+    /// `POST /v1/migrate`: checks the request against this system and the destination's
+    /// availability (4xx on what is wrong), then runs the migration in the background.
+    /// `source_url` is how the client reached us (for the report).
+    pub async fn start_migration(
+        self: &Arc<Self>,
+        req: MigrateRequest,
+        source_url: String,
+    ) -> Result<MigrateAccepted> {
+        let started = Instant::now();
+        let container = ContainerRef::parse(&req.container)?;
+        let to = PeerUrl::parse(&req.to)?;
+        let id = new_migration_id()?;
+        self.registry
+            .begin(&id, &container, Role::Source, to.base())?;
+        info!(
+            "migration {id}: {container} from {} to {to} requested",
+            self.name()
+        );
+        let plan = match self.plan(&id, &container, &to, source_url, started).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("migration {id}: refused: {e}");
+                self.registry.finish(&id, State::Failed, Some(&e), None);
+                return Err(e);
+            }
+        };
+        let accepted = MigrateAccepted {
+            migration_id: id.clone(),
+            container: container.to_string(),
+            source_system: self.name().to_string(),
+            destination_system: plan.peer_name.clone(),
+            destination: to.base().to_string(),
+        };
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.run(plan).await });
+        Ok(accepted)
+    }
+
+    /// Pre-migration step 1 (and 2): what we know about the container, and the destination is up.
+    async fn plan(
+        &self,
+        id: &str,
+        container: &ContainerRef,
+        to: &PeerUrl,
+        source_url: String,
+        started: Instant,
+    ) -> Result<Plan> {
+        let me = self.name();
+        let cd = self.containerd().await?;
+        let ns = &container.namespace;
+        if !cd.namespace_exists(ns).await? {
+            return Err(Error::NotFound(format!(
+                "namespace {ns} not found on system {me}"
+            )));
+        }
+        let c = cd.container(ns, &container.id).await?.ok_or_else(|| {
+            Error::NotFound(format!("container {container} not found on system {me}"))
+        })?;
+        let runtime = runtime_of(&c);
+        if runtime != UMS_RUNTIME {
+            return Err(Error::Unsupported(format!(
+                "container {container} runs with runtime {runtime:?}: the container-level \
+                 approach needs the ums runtime ({UMS_RUNTIME})"
+            )));
+        }
+        let task = cd.task(ns, &container.id).await?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "container {container} has no task on system {me}: only a running service can \
+                 migrate"
+            ))
+        })?;
+        if task.state != TaskState::Running {
+            return Err(Error::Conflict(format!(
+                "the task of {container} is {} on system {me}: only a RUNNING task can migrate",
+                task.state.as_str()
+            )));
+        }
+        if c.image.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "container {container} was not created from an image (ctr run --rootfs?): the \
+                 destination recreates it from the same image"
+            )));
+        }
+        let any = c.spec.as_ref().ok_or_else(|| {
+            Error::Internal(format!("container {container} has no spec in containerd"))
+        })?;
+        let spec: Value = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::Internal(format!("the spec of {container} is not JSON: {e}")))?;
+        check_source_spec(&spec, container)?;
+
+        // Step 2: the destination coordinator is there, and is not us.
+        let health: Health = self.peers.get(&to.join("/healthz"), HEALTH_TIMEOUT).await?;
+        if health.name == me {
+            return Err(Error::BadRequest(format!(
+                "the destination {to} is this system ({me})"
+            )));
+        }
+        // Our shim serves the migration API (fail early and clearly if not).
+        let shim = Shim::connect(&self.cfg.containerd_state, container, SHIM_ADDRESS_WAIT).await?;
+        info!(
+            "migration {id}: {container} runs (pid {}), image {}, shim at {}; destination {} is up",
+            task.pid,
+            c.image,
+            shim.address(),
+            health.name
+        );
+        Ok(Plan {
+            id: id.to_string(),
+            container: container.clone(),
+            source_url,
+            to: to.clone(),
+            peer_name: health.name,
+            image: c.image.clone(),
+            snapshotter: c.snapshotter.clone(),
+            snapshot_key: c.snapshot_key.clone(),
+            runtime_options: c
+                .runtime
+                .as_ref()
+                .and_then(|r| r.options.as_ref())
+                .map(AnyJson::from_any),
+            labels: c.labels.clone(),
+            spec,
+            spec_type_url: any.type_url.clone(),
+            shim,
+            containerd: cd,
+            started,
+        })
+    }
+
+    async fn run(self: Arc<Self>, plan: Plan) {
+        let id = plan.id.clone();
+        match self.drive(&plan).await {
+            Ok(report) => {
+                info!(
+                    "migration {id}: completed: {} now runs on {} (total {} ms, frozen {} ms, {} bytes)",
+                    report.container,
+                    report.destination_system,
+                    report.total_ms,
+                    report.frozen_ms,
+                    report.bytes
+                );
+                self.registry
+                    .finish(&id, State::Completed, None, Some(report));
+            }
+            Err(e) => {
+                error!("migration {id}: failed: {e}");
+                self.registry.finish(&id, State::Failed, Some(&e), None);
+            }
+        }
+    }
+
+    async fn drive(self: &Arc<Self>, p: &Plan) -> Result<Report> {
+        let id = &p.id;
+        let token = random_hex(32)?;
+
+        // Pre-migration, step 3: the destination creates the container and listens.
+        let incoming = IncomingRequest {
+            migration_id: id.clone(),
+            container: p.container.clone(),
+            source: self.name().to_string(),
+            spec: p.spec.clone(),
+            spec_type_url: p.spec_type_url.clone(),
+            image: p.image.clone(),
+            snapshotter: p.snapshotter.clone(),
+            runtime_options: p.runtime_options.clone(),
+            labels: p.labels.clone(),
+            source_cgroup_parent: self.cfg.cgroup_parent.clone(),
+            token: token.clone(),
+        };
+        info!(
+            "migration {id}: pre_migration: asking {} to create {}",
+            p.peer_name, p.container
+        );
+        let inc: IncomingResponse = match self
+            .peers
+            .post(
+                &p.to.join("/v1/migrations/incoming"),
+                &incoming,
+                INCOMING_TIMEOUT,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // The destination cleans up after its own failures; after a timeout it may
+                // still be working: tell it to give up.
+                let notes = self.abort_destination(p).await;
+                return Err(with_outcome(e, Outcome::Untouched, &notes));
+            }
+        };
+        let peer_addr = stream_address(&inc.address, p.to.host());
+        let pre_ms = ms(p.started.elapsed());
+        self.registry
+            .update_phases(id, |ph| ph.pre_migration = Some(pre_ms));
+        info!(
+            "migration {id}: pre_migration done in {pre_ms} ms: {} created {} (pid {}), stream to {peer_addr}",
+            inc.destination, p.container, inc.pid
+        );
+
+        // Migration: freeze, checkpoint and stream.
+        self.registry.set_phase(id, Phase::Checkpoint);
+        info!(
+            "migration {id}: checkpoint: dumping {} to {peer_addr}",
+            p.container
+        );
+        let progress = self.spawn_progress(p.shim.clone(), id.clone());
+        let dump_start = Instant::now();
+        let dump = p
+            .shim
+            .dump(id, &peer_addr, &token, self.cfg.dump_timeout)
+            .await;
+        progress.abort();
+        let dump_wall = ms(dump_start.elapsed());
+        let dump = match dump {
+            Ok(d) => d,
+            Err(e) => return Err(self.abort_both(p, e).await),
+        };
+        let checkpoint_ms = dump.checkpoint_ms.min(dump_wall);
+        let transfer_ms = dump_wall.saturating_sub(checkpoint_ms);
+        self.registry.set_bytes(id, dump.bytes);
+        self.registry.update_phases(id, |ph| {
+            ph.checkpoint = Some(checkpoint_ms);
+            ph.transfer = Some(transfer_ms);
+        });
+        info!(
+            "migration {id}: checkpoint done: {} bytes in {} files, checkpoint {} ms, transfer {} ms, frozen {} ms (Dump took {dump_wall} ms)",
+            dump.bytes, dump.files, dump.checkpoint_ms, dump.transfer_ms, dump.frozen_ms
+        );
+
+        // Migration, step 11: the destination restores.
+        self.registry.set_phase(id, Phase::Restore);
+        info!(
+            "migration {id}: restore: asking {} to start {}",
+            p.peer_name, p.container
+        );
+        let restore_start = Instant::now();
+        let restored: RestoreResponse = match self
+            .peers
+            .post(
+                &p.to.join(&format!("/v1/migrations/{id}/restore")),
+                &serde_json::json!({}),
+                RESTORE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Err(self.abort_both(p, e).await),
+        };
+        let restore_ms = ms(restore_start.elapsed());
+        self.registry
+            .update_phases(id, |ph| ph.restore = Some(restore_ms));
+        info!(
+            "migration {id}: restore done in {restore_ms} ms ({} ms on {}): {} runs there as pid {}",
+            restored.restore_ms, p.peer_name, p.container, restored.pid
+        );
+
+        // Post-migration: the service ends here.
+        self.registry.set_phase(id, Phase::PostMigration);
+        let post_start = Instant::now();
+        let warnings = self.remove_source(p).await;
+        let post_ms = ms(post_start.elapsed());
+        self.registry
+            .update_phases(id, |ph| ph.post_migration = Some(post_ms));
+        info!("migration {id}: post_migration done in {post_ms} ms");
+
+        Ok(Report {
+            approach: APPROACH.to_string(),
+            source: p.source_url.clone(),
+            source_system: self.name().to_string(),
+            destination: p.to.base().to_string(),
+            destination_system: p.peer_name.clone(),
+            container: p.container.to_string(),
+            migration_id: id.clone(),
+            phases_ms: PhasesMs {
+                pre_migration: pre_ms,
+                checkpoint: checkpoint_ms,
+                transfer: transfer_ms,
+                restore: restore_ms,
+                post_migration: post_ms,
+            },
+            total_ms: ms(p.started.elapsed()),
+            frozen_ms: dump.frozen_ms,
+            downtime_ms: dump_wall + restore_ms,
+            bytes: dump.bytes,
+            dump: DumpFigures {
+                checkpoint_ms: dump.checkpoint_ms,
+                transfer_ms: dump.transfer_ms,
+                frozen_ms: dump.frozen_ms,
+                wall_ms: dump_wall,
+                files: dump.files,
+            },
+            location: Location {
+                system: p.peer_name.clone(),
+                url: p.to.base().to_string(),
+                container: p.container.to_string(),
+                pid: restored.pid,
+            },
+            warnings,
+        })
+    }
+
+    /// Polls our shim's Status while it dumps, for the bytes shown as progress.
+    fn spawn_progress(self: &Arc<Self>, shim: Shim, id: String) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tick.tick().await;
+                if let Ok(st) = shim.status(&id).await {
+                    me.registry.set_bytes(&id, st.bytes);
+                }
+            }
+        })
+    }
+
+    /// Failure after our shim's Dump started: resume the service here, clean up there.
+    async fn abort_both(&self, p: &Plan, cause: Error) -> Error {
+        let id = &p.id;
+        warn!("migration {id}: aborting after: {cause}");
+        let mut notes = Vec::new();
+        match p.shim.abort(id).await {
+            Ok(()) => info!(
+                "migration {id}: source shim aborted: {} resumes here",
+                p.container
+            ),
+            // A failed Dump resumes the service and forgets the migration by itself: Abort
+            // then has nothing to do. The shim's Status tells.
+            Err(e) => match p.shim.status(id).await {
+                Ok(st) if st.phase == "idle" || st.phase == "aborted" => info!(
+                    "migration {id}: source shim has no migration left ({}): {} runs on here",
+                    st.phase, p.container
+                ),
+                other => {
+                    let phase = match other {
+                        Ok(st) => format!("phase {}", st.phase),
+                        Err(se) => format!("Status failed too: {se}"),
+                    };
+                    error!("migration {id}: source shim Abort failed: {e} ({phase})");
+                    notes.push(format!("source shim Abort failed: {e} ({phase})"));
+                }
+            },
+        }
+        notes.extend(self.abort_destination(p).await);
+        let outcome = if notes.iter().any(|n| n.starts_with("source")) {
+            Outcome::MaybeFrozen
+        } else {
+            Outcome::Resumed
+        };
+        with_outcome(cause, outcome, &notes)
+    }
+
+    /// Tells the destination to drop everything of this migration.
+    async fn abort_destination(&self, p: &Plan) -> Vec<String> {
+        let id = &p.id;
+        match self
+            .peers
+            .post::<_, AbortResponse>(
+                &p.to.join(&format!("/v1/migrations/{id}/abort")),
+                &serde_json::json!({}),
+                ABORT_TIMEOUT,
+            )
+            .await
+        {
+            Ok(r) => {
+                info!(
+                    "migration {id}: destination {} aborted: {}",
+                    p.peer_name,
+                    r.detail.join("; ")
+                );
+                Vec::new()
+            }
+            Err(Error::Peer {
+                status: Some(404), ..
+            }) => Vec::new(),
+            Err(e) => {
+                error!("migration {id}: destination abort failed: {e}");
+                vec![format!("destination abort failed: {e}")]
+            }
+        }
+    }
+
+    /// Post-migration: end the service here and delete task, container and snapshot. The
+    /// service already runs at the destination, so what fails here is a warning.
+    async fn remove_source(&self, p: &Plan) -> Vec<String> {
+        let id = &p.id;
+        let ns = &p.container.namespace;
+        let cid = &p.container.id;
+        let cd = &p.containerd;
+        let mut warnings = Vec::new();
+        let mut warn_of = |w: String| {
+            warn!("migration {id}: post_migration: {w}");
+            warnings.push(w);
+        };
+        if let Err(e) = p.shim.commit(id).await {
+            warn_of(format!("source shim Commit failed ({e}); killing the task"));
+            if let Err(e) = cd.kill_task(ns, cid, 9, true).await {
+                warn_of(format!("killing the source task failed: {e}"));
+            }
+        }
+        match cd.wait_task(ns, cid, Duration::from_secs(15)).await {
+            Ok(Some(status)) => info!("migration {id}: source task exited with {status}"),
+            Ok(None) => {
+                warn_of("the source task did not exit within 15 s of Commit; killing it".into());
+                let _ = cd.kill_task(ns, cid, 9, true).await;
+                if let Ok(None) = cd.wait_task(ns, cid, Duration::from_secs(10)).await {
+                    warn_of("the source task did not exit after SIGKILL".into());
+                }
+            }
+            Err(e) => warn_of(format!("waiting for the source task: {e}")),
+        }
+        if let Err(e) = cd.delete_task(ns, cid).await {
+            warn_of(format!("deleting the source task failed: {e}"));
+        }
+        if let Err(e) = cd.delete_container(ns, cid).await {
+            warn_of(format!("deleting the source container failed: {e}"));
+        } else if !p.snapshot_key.is_empty() {
+            let snapshotter = if p.snapshotter.is_empty() {
+                "overlayfs"
+            } else {
+                &p.snapshotter
+            };
+            if let Err(e) = cd.remove_snapshot(ns, snapshotter, &p.snapshot_key).await {
+                warn_of(format!(
+                    "removing the source snapshot {} failed: {e}",
+                    p.snapshot_key
+                ));
+            }
+        }
+        if warnings.is_empty() {
+            info!(
+                "migration {id}: source task, container and snapshot of {} deleted",
+                p.container
+            );
+        }
+        warnings
+    }
+}
+
+/// What became of the service at the source after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Failed before the dump: the service was never frozen.
+    Untouched,
+    /// The source shim resumed it.
+    Resumed,
+    /// The source shim's Abort failed.
+    MaybeFrozen,
+}
+
+/// The error of a failed migration, with what became of the service.
+fn with_outcome(cause: Error, outcome: Outcome, notes: &[String]) -> Error {
+    let mut msg = cause.to_string();
+    msg.push_str(match outcome {
+        Outcome::Untouched => "; the service runs on at the source, untouched",
+        Outcome::Resumed => "; the service runs on at the source (resumed)",
+        Outcome::MaybeFrozen => "; the service may be frozen at the source",
+    });
+    if notes.is_empty() {
+        msg.push_str(", the destination was cleaned up");
+    } else {
+        msg.push_str(&format!(" ({})", notes.join("; ")));
+    }
+    match cause {
+        Error::Peer { url, status, .. } => Error::Peer {
+            url,
+            status,
+            message: strip_url_prefix(&msg),
+        },
+        Error::Shim { op, .. } => {
+            let message = msg.trim_start_matches(&format!("shim {op}: ")).to_string();
+            Error::Shim { op, message }
+        }
+        Error::Containerd { op, code, .. } => Error::Containerd {
+            op,
+            code,
+            message: msg,
+        },
+        Error::Timeout(_) => Error::Timeout(msg),
+        Error::BadRequest(_) => Error::BadRequest(msg),
+        Error::NotFound(_) => Error::NotFound(msg),
+        Error::Conflict(_) => Error::Conflict(msg),
+        Error::Precondition(_) => Error::Precondition(msg),
+        Error::Unsupported(_) => Error::Unsupported(msg),
+        _ => Error::Internal(msg),
+    }
+}
+
+fn strip_url_prefix(msg: &str) -> String {
+    // "peer coordinator URL: message" -> "message" (Peer's Display adds the prefix again).
+    match msg.strip_prefix("peer coordinator ") {
+        Some(rest) => rest
+            .split_once(": ")
+            .map(|(_, m)| m.to_string())
+            .unwrap_or_else(|| rest.to_string()),
+        None => msg.to_string(),
+    }
+}
+
+/// The destination shim's stream address as the source dials it: an unspecified host
+/// (`0.0.0.0`, `::`, empty) is replaced by the destination coordinator's host.
+pub fn stream_address(addr: &str, peer_host: &str) -> String {
+    let (host, port) = match addr.rsplit_once(':') {
+        Some(hp) => hp,
+        None => return addr.to_string(),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let unspecified = bare.is_empty()
+        || bare
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_unspecified())
+            .unwrap_or(false);
+    if !unspecified {
+        return addr.to_string();
+    }
+    if peer_host.contains(':') {
+        format!("[{peer_host}]:{port}")
+    } else {
+        format!("{peer_host}:{port}")
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_addresses() {
+        assert_eq!(
+            stream_address("10.77.0.2:4000", "10.77.0.2"),
+            "10.77.0.2:4000"
+        );
+        assert_eq!(
+            stream_address("0.0.0.0:4000", "10.77.0.2"),
+            "10.77.0.2:4000"
+        );
+        assert_eq!(stream_address("[::]:4000", "10.77.0.2"), "10.77.0.2:4000");
+        assert_eq!(stream_address(":4000", "::1"), "[::1]:4000");
+        assert_eq!(stream_address("[fe80::1]:4000", "x"), "[fe80::1]:4000");
+    }
+
+    #[test]
+    fn failure_messages_tell_where_the_service_is() {
+        let e = with_outcome(
+            Error::Shim {
+                op: "Dump".into(),
+                message: "peer vanished".into(),
+            },
+            Outcome::Resumed,
+            &[],
+        );
+        assert_eq!(
+            e.to_string(),
+            "shim Dump: peer vanished; the service runs on at the source (resumed), the \
+             destination was cleaned up"
+        );
+        let e = with_outcome(
+            Error::Peer {
+                url: "http://b/v1/migrations/incoming".into(),
+                status: Some(412),
+                message: "image X not present on system b".into(),
+            },
+            Outcome::Untouched,
+            &[],
+        );
+        assert_eq!(e.http_status(), 412);
+        assert_eq!(
+            e.to_string(),
+            "peer coordinator http://b/v1/migrations/incoming: image X not present on system b; \
+             the service runs on at the source, untouched, the destination was cleaned up"
+        );
+        let e = with_outcome(
+            Error::Timeout("x".into()),
+            Outcome::MaybeFrozen,
+            &["source shim Abort failed: y".into()],
+        );
+        assert!(e.to_string().contains("may be frozen"), "{e}");
+        assert!(e.to_string().contains("Abort failed: y"), "{e}");
+    }
+}

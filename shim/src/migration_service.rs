@@ -1,0 +1,139 @@
+//! The migration API served over ttrpc by every shim process, on a socket of its own (the
+//! containerd-shim crate serves only the task API on containerd's socket). Each task's
+//! `<bundle>/ums/migration.address` names it.
+use std::{path::PathBuf, sync::Arc};
+
+use async_trait::async_trait;
+use containerd_shim_protos::ttrpc::{
+    self,
+    r#async::{transport::Listener, Server, TtrpcContext},
+};
+use log::info;
+
+use crate::{
+    api::{
+        migration::{
+            DumpRequest, DumpResponse, Empty, MigrationRef, PrepareRequest, PrepareResponse,
+            StatusResponse,
+        },
+        migration_ttrpc::{create_migration, Migration},
+    },
+    error::{Error, Result},
+    service::Inner,
+};
+
+/// Where this shim process serves the migration API.
+pub fn socket_path() -> PathBuf {
+    PathBuf::from(format!("/run/ums/migration/{}.sock", std::process::id()))
+}
+
+pub fn address() -> String {
+    format!("unix://{}", socket_path().display())
+}
+
+/// Removes the migration socket named in a task's address file if the shim that served it
+/// is gone (a killed shim cannot remove its own).
+pub fn remove_stale_socket(address_file: &std::path::Path) {
+    let Ok(addr) = std::fs::read_to_string(address_file) else {
+        return;
+    };
+    let path = PathBuf::from(addr.trim().trim_start_matches("unix://"));
+    let pid = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<u32>().ok());
+    if let Some(pid) = pid {
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Binds the socket and serves until the shim exits; the server lives in the returned value.
+pub async fn serve(inner: Arc<Inner>) -> Result<Server> {
+    let path = socket_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(Error::io(format!("bind {}", path.display())))?;
+    let listener = Listener::try_from(listener).map_err(Error::io("ttrpc listener"))?;
+    let service = create_migration(Arc::new(MigrationService { inner }));
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(service);
+    server
+        .start()
+        .await
+        .map_err(|e| Error::FailedPrecondition(format!("start migration server: {e}")))?;
+    info!("migration API on {}", path.display());
+    Ok(server)
+}
+
+struct MigrationService {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl Migration for MigrationService {
+    async fn dump(&self, _ctx: &TtrpcContext, req: DumpRequest) -> ttrpc::Result<DumpResponse> {
+        let c = self.inner.container(&req.id)?;
+        let job = c.lock().await.begin_dump(&req.migration_id)?;
+        let res = job.run(&req.peer, &req.token).await;
+        c.lock().await.end_dump(&req.migration_id, res.is_ok());
+        let s = res?;
+        Ok(DumpResponse {
+            bytes: s.bytes,
+            files: s.files,
+            checkpoint_ms: s.checkpoint_ms,
+            transfer_ms: s.transfer_ms,
+            frozen_ms: s.frozen_ms,
+            ..Default::default()
+        })
+    }
+
+    async fn commit(&self, _ctx: &TtrpcContext, req: MigrationRef) -> ttrpc::Result<Empty> {
+        let c = self.inner.container(&req.id)?;
+        c.lock().await.commit(&req.migration_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn abort(&self, _ctx: &TtrpcContext, req: MigrationRef) -> ttrpc::Result<Empty> {
+        let c = self.inner.container(&req.id)?;
+        c.lock().await.abort(&req.migration_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn prepare(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PrepareRequest,
+    ) -> ttrpc::Result<PrepareResponse> {
+        let c = self.inner.container(&req.id)?;
+        let addr = c
+            .lock()
+            .await
+            .prepare(&req.migration_id, &req.listen, &req.token, req.max_bytes)
+            .await?;
+        Ok(PrepareResponse {
+            address: addr.to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn status(
+        &self,
+        _ctx: &TtrpcContext,
+        req: MigrationRef,
+    ) -> ttrpc::Result<StatusResponse> {
+        let c = self.inner.container(&req.id)?;
+        let c = c.lock().await;
+        let (phase, bytes) = c.migration_phase(&req.migration_id).unwrap_or(("idle", 0));
+        Ok(StatusResponse {
+            phase: phase.to_string(),
+            bytes,
+            ..Default::default()
+        })
+    }
+}
