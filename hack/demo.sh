@@ -1,78 +1,71 @@
 #!/usr/bin/env bash
-# Demo: run a service through the ums runtime with a private containerd and show where the
-# outer container and the nested service live (pid namespace, cgroup, network namespace).
-# Usage (root): hack/demo.sh [--containerd 1.6|2.1] [--keep]
+# The main job: a live migration between two systems on this machine.
+# Brings up the test bed (hack/testbed.sh: system a = containerd 1.6, system b = containerd 2.1,
+# each in its own network namespace with its own coordinator), starts a counter service on a
+# through the ums runtime, shows where the outer container and the nested service live,
+# migrates it live with `ums migrate`, shows it counting on at b, and tears everything down.
+# Usage (root): hack/demo.sh [--keep] [--rate 1gbit]
+#   --keep        leave the test bed and the service up (hack/testbed.sh down removes them)
+#   --rate RATE   shape the link between a and b (tc), e.g. 1gbit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=1.6 keep=0
+keep=0 rate=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --containerd) version=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rate) rate=(--rate "$2"); shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh must run as root" >&2; exit 1; }
 
 hack/install-deps.sh
-cargo build --release -p ums-shim
-shim_dir=$PWD/target/release
+export UMS_BIN_DIR=$PWD/target/release
+hack/testbed.sh up --build "${rate[@]}"
+eval "$(hack/testbed.sh env)"
+[ "$keep" = 1 ] || trap 'hack/testbed.sh down >/dev/null' EXIT
 
-case $version in
-  1.6) bin=/usr/bin; cfg_version=2 ;;
-  2.1) bin=${UMS_CONTAINERD2_PREFIX:-/opt/ums/containerd2}/usr/bin; cfg_version=3 ;;
-  *) echo "--containerd takes 1.6 or 2.1" >&2; exit 2 ;;
-esac
+name=demo-counter
+out=$UMS_TESTBED_DIR/$name.log
+ctr_a() { $UMS_A_CTR "$@"; }
+ctr_b() { $UMS_B_CTR "$@"; }
+ctr_a task kill -s KILL $name >/dev/null 2>&1 && sleep 0.5 || true
+ctr_a task rm $name >/dev/null 2>&1 || true
+ctr_a container rm $name >/dev/null 2>&1 || true
 
-dir=/run/ums-demo
-sock=$dir/containerd.sock
-ctr() { "$bin/ctr" --address "$sock" -n demo "$@"; }
-teardown() {
-  set +e
-  ctr task kill -s KILL web >/dev/null 2>&1; sleep 0.5
-  ctr task rm web >/dev/null 2>&1; ctr container rm web >/dev/null 2>&1
-  [ -f $dir/containerd.pid ] && kill "$(cat $dir/containerd.pid)" 2>/dev/null && sleep 1
-  grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
-  rm -rf "$dir"
+show() { # system pid label
+  printf '  %-20s pid %-7s %-34s %-22s %s\n' "$3" "$2" "$(tr '\0' ' ' </proc/$2/cmdline | cut -c1-34)" \
+    "$(readlink /proc/$2/ns/pid)" "$(grep -E '(^|,|:)memory(,|:)' /proc/$2/cgroup | cut -d: -f3)"
 }
-if [ "$keep" = 0 ]; then trap teardown EXIT; fi
-teardown; trap - ERR
-mkdir -p "$dir/rootfs/bin" "$dir/rootfs"/{proc,sys,dev,tmp,etc}
-cp /bin/busybox "$dir/rootfs/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/rootfs/bin/$a"; done
-
-cat >"$dir/config.toml" <<TOML
-version = $cfg_version
-root = "$dir/root"
-state = "$dir/state"
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-TOML
-PATH=$shim_dir:$bin:$PATH "$bin/containerd" --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
-echo $! >"$dir/containerd.pid"
-for _ in $(seq 50); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
-ctr version >/dev/null || { tail "$dir/containerd.log"; exit 1; }
-
-echo "== containerd $("$bin/containerd" --version | awk '{print $3}'), runtime io.containerd.ums.v1"
-ctr run --runtime io.containerd.ums.v1 -d --rootfs "$dir/rootfs" web \
-  /bin/sh -c 'while :; do date >> /tmp/t; sleep 0.2; done' </dev/null >/dev/null 2>"$dir/ctr-run.err" ||
-  { cat "$dir/ctr-run.err" >&2; exit 1; }
-ctr task ls
-task_pid=$(ctr task ls | awk '$1=="web"{print $2}')
-svc_pid=$(ctr task ps web | awk 'NR==2{print $1}')
-show() { # pid label
-  printf '%-22s pid %-7s %-30s %-22s %s\n' "$2" "$1" "$(tr '\0' ' ' </proc/$1/cmdline | cut -c1-30)" \
-    "$(readlink /proc/$1/ns/pid)" "$(grep -E '(^|,|:)memory(,|:)' /proc/$1/cgroup | cut -d: -f3)"
+where() { # system ctr-function
+  local pid svc
+  pid=$($2 task ls | awk -v n=$name '$1==n{print $2}')
+  svc=$($2 task ps $name | awk 'NR==2{print $1}')
+  echo "system $1: task $name, $(readlink /proc/$pid/ns/net)"
+  show "$1" "$pid" "outer (task pid)"
+  show "$1" "$svc" "service (nested)"
+  echo "  counter: $(cat /proc/$svc/root/tmp/counter 2>/dev/null || echo '?')"
 }
-echo; echo "== what containerd sees and what runs nested ($(readlink /proc/$task_pid/ns/net) shared)"
-show "$task_pid" "outer (task pid)"
-show "$svc_pid" "service (nested)"
-echo; echo "== ctr task exec lands in the service:"
-ctr task exec --exec-id demo web /bin/sh -c 'echo "  pid in its namespace: $$; last tick: $(tail -1 /tmp/t)"'
-echo; echo "== ctr task metrics (the outer's cgroup, which holds the service's):"
-ctr task metrics web | sed -n '1,8p'
-if [ "$keep" = 1 ]; then echo "kept: $dir (ctr --address $sock -n demo ...)"; fi
+
+echo; echo "== start a counter on system a (containerd $UMS_A_CONTAINERD_VERSION, runtime io.containerd.ums.v1)"
+ctr_a run --runtime io.containerd.ums.v1 -d --log-uri "file://$out" localhost/ums/counter:1 $name \
+  /usr/local/bin/counter </dev/null >/dev/null 2>"$out.err" || { cat "$out.err" >&2; exit 1; }
+sleep 2
+where a ctr_a
+
+echo; echo "== ums migrate --from $UMS_A_URL --to $UMS_B_URL default/$name --json"
+$UMS_A_EXEC "$UMS_BIN_DIR/ums" migrate --from "$UMS_A_URL" --to "$UMS_B_URL" "default/$name" --json
+
+echo; echo "== after the migration"
+echo "system a (containerd $UMS_A_CONTAINERD_VERSION) tasks:"; ctr_a task ls | sed 's/^/  /'
+where b ctr_b
+sleep 1
+echo "  one second later: $(cat /proc/$(ctr_b task ps $name | awk 'NR==2{print $1}')/root/tmp/counter)"
+if [ "$keep" = 1 ]; then
+  echo; echo "kept: the test bed is up (eval \"\$(hack/testbed.sh env)\"; hack/testbed.sh down)"
+else
+  ctr_b task kill -s KILL $name >/dev/null; sleep 0.5
+  ctr_b task rm $name >/dev/null 2>&1 || true; ctr_b container rm $name
+fi
