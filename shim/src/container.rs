@@ -271,7 +271,7 @@ impl Container {
             upperdir: self.upperdir.as_deref(),
             migration_id: &mid,
         }
-        .run(None, prepared.child)
+        .run(prepared.child)
         .await;
         let pid = match res {
             Ok(pid) => pid,

@@ -349,7 +349,7 @@ pub struct RestoreJob<'a> {
 }
 
 impl RestoreJob<'_> {
-    pub async fn run(self, console: Option<&Path>, stdio: ChildStdio) -> Result<i32> {
+    pub async fn run(self, stdio: ChildStdio) -> Result<i32> {
         let images = self.dir.join(format!("in-{}", self.migration_id));
         let work = self.dir.join(format!("in-{}.work", self.migration_id));
         tokio::fs::create_dir_all(&work)
@@ -374,7 +374,6 @@ impl RestoreJob<'_> {
                 &images,
                 &work,
                 &self.service_bundle.join("pid"),
-                console,
                 stdio,
             )
             .await?;

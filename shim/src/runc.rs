@@ -49,6 +49,14 @@ pub struct CheckpointOpts {
     pub cgroups_mode: Option<String>,
 }
 
+/// What runc needs to leave a container process behind and tell its pid.
+struct ProcessArgs<'a> {
+    id: &'a str,
+    pid_file: &'a Path,
+    console_socket: Option<&'a Path>,
+    log: &'a Path,
+}
+
 #[derive(Debug, Clone)]
 pub struct Runc {
     binary: String,
@@ -123,23 +131,17 @@ impl Runc {
         console_socket: Option<&Path>,
         stdio: ChildStdio,
     ) -> Result<i32> {
-        let mut args = vec![
-            "create".to_string(),
-            "--bundle".into(),
-            path_arg(bundle),
-            "--pid-file".into(),
-            path_arg(pid_file),
-        ];
-        if let Some(sock) = console_socket {
-            args.extend(["--console-socket".into(), path_arg(sock)]);
-        }
-        args.push(id.into());
+        let args = vec!["create".to_string(), "--bundle".into(), path_arg(bundle)];
         let log = bundle.join("runc-create.log");
-        self.run_with_stdio("create", args, &log, stdio).await?;
-        read_pid(pid_file).await
+        let process = ProcessArgs {
+            id,
+            pid_file,
+            console_socket,
+            log: &log,
+        };
+        self.run_process(args, process, stdio).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub async fn exec(
         &self,
         id: &str,
@@ -149,24 +151,22 @@ impl Runc {
         log: &Path,
         stdio: ChildStdio,
     ) -> Result<i32> {
-        let mut args = vec![
+        let args = vec![
             "exec".to_string(),
             "--detach".into(),
             "--process".into(),
             path_arg(process_json),
-            "--pid-file".into(),
-            path_arg(pid_file),
         ];
-        if let Some(sock) = console_socket {
-            args.extend(["--console-socket".into(), path_arg(sock)]);
-        }
-        args.push(id.into());
-        self.run_with_stdio("exec", args, log, stdio).await?;
-        read_pid(pid_file).await
+        let process = ProcessArgs {
+            id,
+            pid_file,
+            console_socket,
+            log,
+        };
+        self.run_process(args, process, stdio).await
     }
 
     /// `runc restore --detach` of CRIU images into the container described by `bundle`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn restore(
         &self,
         id: &str,
@@ -174,10 +174,9 @@ impl Runc {
         image_path: &Path,
         work_path: &Path,
         pid_file: &Path,
-        console_socket: Option<&Path>,
         stdio: ChildStdio,
     ) -> Result<i32> {
-        let mut args = vec![
+        let args = vec![
             "restore".to_string(),
             "--detach".into(),
             "--bundle".into(),
@@ -186,15 +185,15 @@ impl Runc {
             path_arg(image_path),
             "--work-path".into(),
             path_arg(work_path),
-            "--pid-file".into(),
-            path_arg(pid_file),
         ];
-        if let Some(sock) = console_socket {
-            args.extend(["--console-socket".into(), path_arg(sock)]);
-        }
-        args.push(id.into());
         let log = bundle.join("runc-restore.log");
-        self.run_with_stdio("restore", args, &log, stdio)
+        let process = ProcessArgs {
+            id,
+            pid_file,
+            console_socket: None,
+            log: &log,
+        };
+        self.run_process(args, process, stdio)
             .await
             .map_err(|e| match e {
                 Error::Runc { cmd, msg } => Error::Runc {
@@ -202,8 +201,25 @@ impl Runc {
                     msg: format!("{msg} (CRIU log: {}/restore.log)", work_path.display()),
                 },
                 e => e,
-            })?;
-        read_pid(pid_file).await
+            })
+    }
+
+    /// Runs a runc command that leaves a container process behind (create, exec, restore)
+    /// and returns that process's pid.
+    async fn run_process(
+        &self,
+        mut args: Vec<String>,
+        p: ProcessArgs<'_>,
+        stdio: ChildStdio,
+    ) -> Result<i32> {
+        let what = args[0].clone();
+        args.extend(["--pid-file".into(), path_arg(p.pid_file)]);
+        if let Some(sock) = p.console_socket {
+            args.extend(["--console-socket".into(), path_arg(sock)]);
+        }
+        args.push(p.id.into());
+        self.run_with_stdio(&what, args, p.log, stdio).await?;
+        read_pid(p.pid_file).await
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
