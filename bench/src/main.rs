@@ -1,0 +1,307 @@
+//! ums-bench: UMS live migration against plain runc + CRIU baselines on the test bed
+//! (hack/testbed.sh), interleaved per repetition; JSON, a Markdown table and PNG plots.
+//! Driven by hack/bench.sh (which installs, builds and brings the test bed up).
+
+mod criu_stats;
+mod methods;
+mod plot;
+mod record;
+mod report;
+mod stats;
+mod sys;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+
+use methods::{Ctx, Spec, Ssh};
+use record::{PAGE_SERVER, STOP_AND_COPY, UMS};
+use report::BenchFile;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ums-bench",
+    about = "Migrates memhog services a->b on the test bed with UMS and with plain runc+CRIU baselines; prints and writes figures",
+    long_about = None
+)]
+struct Cli {
+    /// Memory sizes (MiB), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,128")]
+    sizes: Vec<u64>,
+    /// Process counts K, comma-separated (memhog --procs K).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    procs: Vec<u64>,
+    /// Repetitions of each (size, K, method).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Methods, comma-separated: ums, stop-and-copy, page-server.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ums,stop-and-copy,page-server"
+    )]
+    methods: Vec<String>,
+    /// MiB held by each of the K-1 children (memhog --child-mib).
+    #[arg(long, default_value_t = 0)]
+    child_mib: u64,
+    /// Where result files go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The harness's scratch dir (runc roots, bundles, images, ssh keys).
+    #[arg(long, default_value = "/run/ums-bench")]
+    work: PathBuf,
+    /// Static memhog (default: $UMS_WORKLOADS_DIR/memhog).
+    #[arg(long)]
+    workloads_dir: Option<PathBuf>,
+    /// Only re-render the table and plots of an existing result file.
+    #[arg(long)]
+    render: Option<PathBuf>,
+    /// The command line to record in the result (hack/bench.sh passes its own).
+    #[arg(long, default_value = "")]
+    command: String,
+}
+
+fn env(k: &str, default: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| default.to_string())
+}
+
+fn machine(load_start: bool) -> report::Machine {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    report::Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cpu,
+        loadavg_start: if load_start {
+            load.clone()
+        } else {
+            String::new()
+        },
+        loadavg_end: if load_start { String::new() } else { load },
+    }
+}
+
+/// Raw TCP a->b with tcpblast (2 s), MB/s.
+fn raw_tcp(wl: &std::path::Path, ns_a: &str, ns_b: &str, ip_b: &str) -> Option<f64> {
+    let blast = wl.join("tcpblast").to_string_lossy().into_owned();
+    let addr = format!("{ip_b}:5299");
+    let mut recv = sys::in_netns(ns_b, &blast)
+        .args(["recv", "--listen", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let send =
+        sys::run(sys::in_netns(ns_a, &blast).args(["send", "--to", &addr, "--seconds", "2"]));
+    if send.is_err() {
+        let _ = recv.kill();
+    }
+    let out = recv.wait_with_output().ok()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    // "recv <bytes> bytes in <secs> s = <MB/s> MB/s (...)"
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let i = f.iter().position(|x| *x == "=")?;
+    f.get(i + 1)?.parse().ok()
+}
+
+fn write_outputs(f: &mut BenchFile, out: &std::path::Path, stem: &str) -> Result<(), String> {
+    fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    f.summary = report::summarize_runs(&f.runs);
+    let json = out.join(format!("{stem}.json"));
+    fs::write(
+        &json,
+        serde_json::to_vec_pretty(f).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let md = report::markdown(f);
+    let head = format!(
+        "# ums-bench {}\n\nCommand: `{}`\n\n",
+        f.started_at, f.command
+    );
+    fs::write(out.join("latest.md"), format!("{head}{md}")).map_err(|e| e.to_string())?;
+    println!("{md}");
+    let plots = plot::render_all(f, out).map_err(|e| format!("plots: {e}"))?;
+    eprintln!(
+        "ums-bench: wrote {} and {}/latest.md",
+        json.display(),
+        out.display()
+    );
+    for p in plots {
+        eprintln!("ums-bench: wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(p) = &cli.render {
+        let mut f: BenchFile = serde_json::from_slice(&fs::read(p).expect("read result file"))
+            .expect("parse result file");
+        let out = p
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cli.out.clone());
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if let Err(e) = write_outputs(&mut f, &out, &stem) {
+            eprintln!("ums-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    for m in &cli.methods {
+        if ![UMS, STOP_AND_COPY, PAGE_SERVER].contains(&m.as_str()) {
+            eprintln!("ums-bench: unknown method {m}");
+            std::process::exit(2);
+        }
+    }
+    let wl = cli
+        .workloads_dir
+        .clone()
+        .or_else(|| std::env::var("UMS_WORKLOADS_DIR").ok().map(PathBuf::from))
+        .expect("--workloads-dir or UMS_WORKLOADS_DIR (hack/build-workloads.sh prints it)");
+    let split = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let now = sys::realtime_ns();
+    let mut ctx = Ctx {
+        bin_dir: PathBuf::from(env("UMS_BIN_DIR", "target/release")),
+        memhog: wl.join("memhog"),
+        work: cli.work.clone(),
+        testbed_dir: PathBuf::from(env("UMS_TESTBED_DIR", "/run/ums-testbed")),
+        ctr_a: split(env(
+            "UMS_A_CTR",
+            "ctr --address /run/ums-testbed/a/containerd.sock",
+        )),
+        ctr_b: split(env(
+            "UMS_B_CTR",
+            "/opt/ums/containerd2/usr/bin/ctr --address /run/ums-testbed/b/containerd.sock",
+        )),
+        url_a: env("UMS_A_URL", "http://10.77.0.1:7400"),
+        url_b: env("UMS_B_URL", "http://10.77.0.2:7400"),
+        ns_a: env("UMS_A_NETNS", "ums-a"),
+        ns_b: env("UMS_B_NETNS", "ums-b"),
+        ip_b: env("UMS_B_IP", "10.77.0.2"),
+        child_mib: cli.child_mib,
+        tag: format!("{:x}", (now / 1_000_000_000) % 0x10000),
+        ssh: None,
+        port_seq: 0,
+    };
+    let rate = env("UMS_TESTBED_RATE", "off");
+    let started = String::from_utf8_lossy(
+        &Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%dT%H:%M:%SZ")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .trim()
+    .to_string();
+    let stem = format!(
+        "{}-{}",
+        started.replace(':', ""),
+        if rate == "off" { "unshaped" } else { &rate }
+    );
+    let mut f = BenchFile {
+        schema: report::SCHEMA.into(),
+        started_at: started,
+        command: if cli.command.is_empty() {
+            std::env::args().collect::<Vec<_>>().join(" ")
+        } else {
+            cli.command.clone()
+        },
+        machine: machine(true),
+        rate: rate.clone(),
+        sizes_mib: cli.sizes.clone(),
+        procs: cli.procs.clone(),
+        reps: cli.reps,
+        child_mib: cli.child_mib,
+        methods: cli.methods.clone(),
+        ..Default::default()
+    };
+    fs::create_dir_all(&cli.work).expect("work dir");
+    let baselines = cli.methods.iter().any(|m| m != UMS);
+    if baselines {
+        if let Err(e) = methods::prepare_rootfs(&ctx) {
+            eprintln!("ums-bench: rootfs: {e}");
+            std::process::exit(1);
+        }
+        match Ssh::start(&cli.work, &ctx.ns_a, &ctx.ns_b, &ctx.ip_b) {
+            Ok(s) => ctx.ssh = Some(s),
+            Err(e) => {
+                eprintln!("ums-bench: ssh: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    f.raw_tcp_mb_s = raw_tcp(&wl, &ctx.ns_a, &ctx.ns_b, &ctx.ip_b);
+    eprintln!(
+        "ums-bench: link {rate}, raw TCP a->b {} MB/s",
+        f.raw_tcp_mb_s.map_or("?".into(), |x| format!("{x:.0}"))
+    );
+    let total = cli.procs.len() * cli.sizes.len() * cli.reps as usize * cli.methods.len();
+    let mut n = 0;
+    for &procs in &cli.procs {
+        for &size in &cli.sizes {
+            for rep in 0..cli.reps {
+                // interleaved, and the order rotated per repetition
+                let k = cli.methods.len();
+                for j in 0..k {
+                    let m = &cli.methods[(j + rep as usize) % k];
+                    let spec = Spec {
+                        size_mib: size,
+                        procs,
+                        rep,
+                    };
+                    n += 1;
+                    let r = match m.as_str() {
+                        UMS => methods::ums(&mut ctx, &spec),
+                        STOP_AND_COPY => methods::baseline(&mut ctx, &spec, false),
+                        _ => methods::baseline(&mut ctx, &spec, true),
+                    };
+                    eprintln!(
+                        "ums-bench: [{n}/{total}] {m:<13} {size:>5} MiB K={procs} rep {rep}: {}",
+                        if r.ok {
+                            format!(
+                                "total {:.0} ms, tick gap {:.0} ms, frozen {:.0} ms, {:.1} MB",
+                                r.total_ms.unwrap_or(f64::NAN),
+                                r.tick_gap_ms.unwrap_or(f64::NAN),
+                                r.frozen_ms.unwrap_or(f64::NAN),
+                                r.bytes.unwrap_or(0) as f64 / 1e6
+                            )
+                        } else {
+                            format!("FAILED: {}", r.error.as_deref().unwrap_or("?"))
+                        }
+                    );
+                    f.runs.push(r);
+                }
+            }
+        }
+    }
+    if let Some(s) = ctx.ssh.take() {
+        s.stop();
+    }
+    f.machine.loadavg_end = machine(false).loadavg_end;
+    if let Err(e) = write_outputs(&mut f, &cli.out, &stem) {
+        eprintln!("ums-bench: {e}");
+        std::process::exit(1);
+    }
+}
