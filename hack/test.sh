@@ -5,6 +5,10 @@
 #   3. unit tests and each crate's own tests: cargo test --workspace --exclude ums-tests
 #   4. integration tests (crate ums-tests): every test starts its own private containerd under
 #      /run/ums-test/<name>; UMS_TEST_THREADS of them run at once
+#   5. test-bed integration tests (tests/tests/testbed): live migrations between two systems on
+#      the binary's own test bed (hack/testbed.sh with namespaces umst-a/umst-b, dir /run/umst),
+#      one at a time; the binary brings the test bed up and down, and it is torn down here too
+#      when a run was interrupted
 # Prints one summary line `summary: N passed, N failed` and exits non-zero when anything failed.
 #
 # Environment:
@@ -13,6 +17,7 @@
 #   UMS_TEST_RUNTIME   `runc` runs the suite against containerd's runc shim (harness check)
 #   UMS_SKIP_INSTALL   1 skips hack/install-deps.sh
 #   UMS_TEST_TIMEOUT   seconds allowed for the integration tests (default 1500)
+#   UMS_TESTBED_TIMEOUT  seconds allowed for the test-bed tests (default 600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,6 +29,7 @@ die() { printf '[test.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
 THREADS=${UMS_TEST_THREADS:-3}
 TIMEOUT=${UMS_TEST_TIMEOUT:-1500}
+TESTBED_TIMEOUT=${UMS_TESTBED_TIMEOUT:-600}
 LOGDIR=$ROOT/target/test-logs
 SWEEP=$ROOT/target/debug/ums-test-sweep
 started=$(date +%s)
@@ -35,7 +41,23 @@ sweep() {
     "$SWEEP" || log "sweep reported problems (see above)"
   fi
 }
-trap sweep EXIT
+# The test-bed tests' own test bed (keep in sync with tests/tests/testbed/common.rs): removed
+# if a killed run left it, unless a run of the test binary holds its lock.
+TESTBED_ENV=(UMS_TESTBED_NETNS_PREFIX=umst UMS_TESTBED_DIR=/run/umst UMS_BIN_DIR="$ROOT/target/debug")
+testbed_down() {
+  if [ -e /run/umst ] || [ -e /run/netns/umst-a ] || [ -e /run/netns/umst-b ]; then
+    if flock -n /run/umst.run.lock true; then
+      env "${TESTBED_ENV[@]}" "$ROOT/hack/testbed.sh" down || log "hack/testbed.sh down of /run/umst reported problems"
+    else
+      log "/run/umst is in use by a running test binary: left alone"
+    fi
+  fi
+}
+cleanup() {
+  sweep
+  testbed_down
+}
+trap cleanup EXIT
 
 # Sums the `test result:` lines of cargo test logs: prints "<passed> <failed>".
 count() {
@@ -81,11 +103,23 @@ if ! timeout --kill-after=30 "$TIMEOUT" \
   fi
 fi
 
-read -r passed failed < <(count "$LOGDIR/unit.log" "$LOGDIR/integration.log")
+log "test-bed integration tests: cargo test -p ums-tests --test testbed (test bed umst-a/umst-b, /run/umst)"
+testbed_down
+if ! timeout --kill-after=30 "$TESTBED_TIMEOUT" \
+  cargo test -p ums-tests --no-fail-fast --test testbed -- --test-threads=1 "${filter[@]}" \
+  2>&1 | tee "$LOGDIR/testbed.log"; then
+  status=1
+  if grep -q '^test result:' "$LOGDIR/testbed.log"; then :; else
+    log "the test-bed tests did not finish (timeout ${TESTBED_TIMEOUT}s or a crash); see $LOGDIR/testbed.log"
+  fi
+fi
+testbed_down
+
+read -r passed failed < <(count "$LOGDIR/unit.log" "$LOGDIR/integration.log" "$LOGDIR/testbed.log")
 [ "$failed" -eq 0 ] || status=1
 elapsed=$(($(date +%s) - started))
-if [ "$status" -ne 0 ] && ls "$ROOT"/target/ums-test-logs/*.log >/dev/null 2>&1; then
-  log "containerd logs of failed tests: $ROOT/target/ums-test-logs/"
+if [ "$status" -ne 0 ] && [ -n "$(ls -A "$ROOT/target/ums-test-logs" 2>/dev/null)" ]; then
+  log "logs of failed tests (containerd; test bed: testbed-<test>/): $ROOT/target/ums-test-logs/"
 fi
 log "finished in ${elapsed}s; logs in $LOGDIR"
 echo "summary: ${passed} passed, ${failed} failed"

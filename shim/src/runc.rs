@@ -92,7 +92,9 @@ impl Runc {
         if out.code != 0 {
             return Err(Error::Runc {
                 cmd: args.join(" "),
-                msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                msg: String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace('\n', "; "),
             });
         }
         Ok(out.stdout)
@@ -198,7 +200,7 @@ impl Runc {
             .map_err(|e| match e {
                 Error::Runc { cmd, msg } => Error::Runc {
                     cmd,
-                    msg: format!("{msg} (CRIU log: {}/restore.log)", work_path.display()),
+                    msg: with_criu_errors(msg, &work_path.join("restore.log")),
                 },
                 e => e,
             })
@@ -303,7 +305,7 @@ impl Runc {
         self.run(&args).await.map(drop).map_err(|e| match e {
             Error::Runc { cmd, msg } => Error::Runc {
                 cmd,
-                msg: format!("{msg} (CRIU log: {}/dump.log)", opts.work_path.display()),
+                msg: with_criu_errors(msg, &opts.work_path.join("dump.log")),
             },
             e => e,
         })
@@ -323,6 +325,26 @@ async fn read_pid(pid_file: &Path) -> Result<i32> {
         .map_err(|_| Error::InvalidArgument(format!("bad pid file {}: {s:?}", pid_file.display())))
 }
 
+/// Appends CRIU's own error lines to a runc error: runc only says "criu failed", and the work
+/// dir holding CRIU's log may be removed right after (a failed migration cleans up).
+fn with_criu_errors(msg: String, criu_log: &Path) -> String {
+    // "(00.012345)   1: Error (criu/x.c:12): text" -> "criu/x.c:12: text"; the first errors
+    // name the cause, the later ones the unwinding.
+    let errors: Vec<String> = std::fs::read_to_string(criu_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("Error (")
+                .map(|(_, rest)| rest.replacen("): ", ": ", 1))
+        })
+        .take(3)
+        .collect();
+    if errors.is_empty() {
+        return format!("{msg} (CRIU log: {})", criu_log.display());
+    }
+    format!("{msg}; CRIU: {}", errors.join("; "))
+}
+
 /// The last error message runc wrote to its json log.
 fn last_log_error(log: &Path) -> Option<String> {
     #[derive(Deserialize)]
@@ -335,12 +357,31 @@ fn last_log_error(log: &Path) -> Option<String> {
         .rev()
         .filter_map(|l| serde_json::from_str::<Line>(l).ok())
         .find(|l| l.level == "error" || l.level == "fatal")
-        .map(|l| l.msg)
+        // One line: callers (containerd, coordinators) often show only the first.
+        .map(|l| l.msg.trim().replace('\n', "; "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn criu_errors_are_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("restore.log");
+        std::fs::write(
+            &log,
+            "(00.001) Warn  (criu/a.c:1): meh\n(00.002)      1: Error (criu/files-reg.c:2353): Can't open file usr/local/bin/counter on restore: No such file or directory\n",
+        )
+        .unwrap();
+        let m = with_criu_errors("criu failed".into(), &log);
+        assert_eq!(
+            m,
+            "criu failed; CRIU: criu/files-reg.c:2353: Can't open file usr/local/bin/counter on restore: No such file or directory"
+        );
+        let m = with_criu_errors("criu failed".into(), &dir.path().join("none.log"));
+        assert!(m.contains("CRIU log:"), "{m}");
+    }
 
     #[test]
     fn log_error_is_the_last_error_line() {

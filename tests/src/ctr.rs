@@ -161,6 +161,106 @@ impl Ctr {
         self.cmd(&a)
     }
 
+    /// `ctr run -d` of image `image` (it must be in the namespace) as container `id`, service
+    /// output to [`Ctr::log_file`]; `extra` are more `ctr run` flags, `args` replace the image's
+    /// entrypoint and command when not empty. Returns once the task started.
+    pub fn run_image_detached(
+        &self,
+        id: &str,
+        image: &str,
+        extra: &[&str],
+        args: &[&str],
+    ) -> Output {
+        let log = format!("file://{}", self.log_file(id).display());
+        let rt = self.runtime_args();
+        let mut a: Vec<&str> = vec!["run", "-d", "--log-uri", &log];
+        a.extend(rt.iter().map(String::as_str));
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[image, id]);
+        a.extend_from_slice(args);
+        self.cmd(&a)
+    }
+
+    /// `ctr tasks exec` of `args` in task `id` (a fresh exec id each time), output captured.
+    pub fn exec(&self, id: &str, args: &[&str]) -> Output {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static EXEC: AtomicU64 = AtomicU64::new(0);
+        let exec_id = format!(
+            "x{}-{}",
+            std::process::id(),
+            EXEC.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut a: Vec<&str> = vec!["tasks", "exec", "--exec-id", &exec_id, id];
+        a.extend_from_slice(args);
+        self.cmd(&a)
+    }
+
+    /// Container ids (`ctr containers ls -q`); Err with ctr's output when it fails.
+    pub fn container_ids(&self) -> Result<Vec<String>, Output> {
+        let out = self.cmd_timeout(&["containers", "ls", "-q"], Duration::from_secs(20));
+        if !out.success() {
+            return Err(out);
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    /// Snapshot keys of the default snapshotter (`ctr snapshots ls`, first column); Err with
+    /// ctr's output when it fails.
+    pub fn snapshot_keys(&self) -> Result<Vec<String>, Output> {
+        let out = self.cmd_timeout(&["snapshots", "ls"], Duration::from_secs(20));
+        if !out.success() {
+            return Err(out);
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect())
+    }
+
+    /// Image names of the namespace (`ctr images ls -q`; empty on error).
+    pub fn image_names(&self) -> Vec<String> {
+        let out = self.cmd_timeout(&["images", "ls", "-q"], Duration::from_secs(20));
+        out.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// Kills (SIGKILL) and deletes task `id` and deletes its container, if they exist; ignores
+    /// errors and is bounded in time. For clean-up after a test, failed or not.
+    pub fn remove_best_effort(&self, id: &str) {
+        if let Some(t) = self.task(id) {
+            if t.status == "PAUSED" {
+                self.cmd_timeout(&["tasks", "resume", id], Duration::from_secs(10));
+            }
+            if t.status != "STOPPED" {
+                self.cmd_timeout(
+                    &["tasks", "kill", "--all", "-s", "SIGKILL", id],
+                    Duration::from_secs(10),
+                );
+                wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+                    self.task(id)
+                        .filter(|t| t.status != "STOPPED")
+                        .is_none()
+                        .then_some(())
+                });
+            }
+            self.cmd_timeout(&["tasks", "delete", "--force", id], Duration::from_secs(15));
+        }
+        self.cmd_timeout(&["containers", "delete", id], Duration::from_secs(15));
+    }
+
     /// `ctr run --rm` (attached, ctr waits for the exit and returns its code), stdin from `input`.
     pub fn run_rm(
         &self,

@@ -89,12 +89,7 @@ impl System {
             } else {
                 Version::V1_6
             });
-        let ip = if name == "b" {
-            "10.77.0.2"
-        } else {
-            "10.77.0.1"
-        };
-        let url = var("URL").unwrap_or_else(|| format!("http://{ip}:7400"));
+        let url = var("URL").unwrap_or_else(|| coordinator_url(name));
         sock.exists()
             .then(|| System::new(name, version, &dir, &url))
     }
@@ -285,6 +280,288 @@ impl System {
         }
         result
     }
+}
+
+/// The address of system `name`'s coordinator as `hack/testbed.sh` sets it up (a: 10.77.0.1,
+/// b: 10.77.0.2, port 7400; the addresses live inside the system's network namespace).
+pub fn coordinator_url(name: &str) -> String {
+    let ip = if name == "b" {
+        "10.77.0.2"
+    } else {
+        "10.77.0.1"
+    };
+    format!("http://{ip}:7400")
+}
+
+/// A test bed of `hack/testbed.sh` that a test binary brings up for itself, next to the default
+/// one: its own namespaces `<prefix>-a`/`<prefix>-b` and base dir (`UMS_TESTBED_NETNS_PREFIX`,
+/// `UMS_TESTBED_DIR`), the shim and `ums` from `bin_dir` (`UMS_BIN_DIR`).
+#[derive(Clone, Debug)]
+pub struct Bed {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// containerd 1.6, coordinator on 10.77.0.1:7400.
+    pub a: System,
+    /// containerd 2.1, coordinator on 10.77.0.2:7400.
+    pub b: System,
+}
+
+/// The outcome of one `ums migrate --json`: the command's output and the JSON report it printed
+/// on stdout (None when it printed none, e.g. after a failure).
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub out: util::Output,
+    pub report: Option<serde_json::Value>,
+}
+
+impl Migration {
+    fn of(out: util::Output) -> Migration {
+        let report = out
+            .stdout
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+            .find(|v| v.is_object());
+        Migration { out, report }
+    }
+
+    /// Exit 0 with a report.
+    pub fn ok(&self) -> bool {
+        self.out.success() && self.report.is_some()
+    }
+}
+
+impl Bed {
+    pub fn new(prefix: &str, dir: &Path, bin_dir: &Path) -> Bed {
+        Bed {
+            prefix: prefix.into(),
+            dir: dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            a: System::new("a", Version::V1_6, &dir.join("a"), &coordinator_url("a")),
+            b: System::new("b", Version::V2_1, &dir.join("b"), &coordinator_url("b")),
+        }
+    }
+
+    /// `hack/testbed.sh ARGS` for this test bed.
+    pub fn script(&self, args: &[&str], timeout: Duration) -> util::Output {
+        let mut c = std::process::Command::new(util::workspace_dir().join("hack/testbed.sh"));
+        c.args(args)
+            .env("UMS_TESTBED_NETNS_PREFIX", &self.prefix)
+            .env("UMS_TESTBED_DIR", &self.dir)
+            .env("UMS_BIN_DIR", &self.bin_dir);
+        if self.bin_dir.join("ums-mkimage").is_file() && self.bin_dir.join("ums-testbed").is_file()
+        {
+            c.env("UMS_TOOLS_DIR", &self.bin_dir);
+        }
+        util::run(&mut c, None, timeout)
+    }
+
+    /// The network namespace of `sys` (/run/netns/<prefix>-<name>).
+    pub fn netns(&self, sys: &System) -> PathBuf {
+        Path::new("/run/netns").join(format!("{}-{}", self.prefix, sys.name))
+    }
+
+    /// Whether anything of this test bed exists (its dir or one of its namespaces).
+    pub fn exists(&self) -> bool {
+        self.dir.exists() || self.netns(&self.a).exists() || self.netns(&self.b).exists()
+    }
+
+    /// `up` (after a `down` of what an interrupted run left), then `status`. Err has the
+    /// script's output.
+    pub fn up(&self) -> Result<String, String> {
+        let mut log = String::new();
+        if self.exists() {
+            let d = self.script(&["down"], Duration::from_secs(240));
+            log.push_str(&format!(
+                "a test bed was left at {}: down first\n{d}\n",
+                self.dir.display()
+            ));
+            if !d.success() {
+                return Err(log);
+            }
+        }
+        let up = self.script(&["up"], Duration::from_secs(600));
+        log.push_str(&format!("{up}\n"));
+        if !up.success() {
+            return Err(log);
+        }
+        let st = self.script(&["status"], Duration::from_secs(60));
+        log.push_str(&format!("{st}\n"));
+        if !st.success() {
+            return Err(log);
+        }
+        Ok(log)
+    }
+
+    /// `down`; Err has the script's output.
+    pub fn down(&self) -> Result<String, String> {
+        let d = self.script(&["down"], Duration::from_secs(240));
+        if d.success() && !self.exists() {
+            Ok(d.to_string())
+        } else {
+            Err(format!(
+                "{d}\n(left: dir {} exists: {}, namespaces: {} {})",
+                self.dir.display(),
+                self.dir.exists(),
+                self.netns(&self.a).exists(),
+                self.netns(&self.b).exists()
+            ))
+        }
+    }
+
+    /// `bin_dir/ums ARGS` run inside the network namespace of `sys` (where the coordinators'
+    /// addresses are reachable), like `$UMS_A_EXEC ums ...`.
+    pub fn ums_command(&self, sys: &System, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns(sys).display()))
+            .arg("--")
+            .arg(self.bin_dir.join("ums"))
+            .args(args);
+        c
+    }
+
+    pub fn ums(&self, sys: &System, args: &[&str], timeout: Duration) -> util::Output {
+        util::run(&mut self.ums_command(sys, args), None, timeout)
+    }
+
+    fn migrate_args<'a>(from: &'a System, to: &'a System, reference: &'a str) -> [&'a str; 7] {
+        [
+            "migrate", "--from", &from.url, "--to", &to.url, reference, "--json",
+        ]
+    }
+
+    /// `ums migrate --from <from> --to <to> REFERENCE --json`, run in `from`'s namespace.
+    pub fn migrate(&self, from: &System, to: &System, reference: &str) -> Migration {
+        Migration::of(self.ums(
+            from,
+            &Self::migrate_args(from, to, reference),
+            Duration::from_secs(300),
+        ))
+    }
+
+    /// The same in the background; [`Bed::finish_migrate`] collects it.
+    pub fn spawn_migrate(
+        &self,
+        from: &System,
+        to: &System,
+        reference: &str,
+    ) -> std::io::Result<util::Spawned> {
+        util::spawn(&mut self.ums_command(from, &Self::migrate_args(from, to, reference)))
+    }
+
+    pub fn finish_migrate(&self, m: util::Spawned) -> Migration {
+        Migration::of(m.wait(Duration::from_secs(300)))
+    }
+
+    /// The cgroup parent of the containers `sys`'s coordinator creates (`/<prefix>-testbed-<name>`).
+    pub fn cgroup_parent(&self, sys: &System) -> String {
+        format!("/{}-testbed-{}", self.prefix, sys.name)
+    }
+
+    pub fn coordinator_log(&self, sys: &System) -> PathBuf {
+        sys.dir.join("coordinator.log")
+    }
+
+    pub fn containerd_log(&self, sys: &System) -> PathBuf {
+        sys.dir.join("containerd.log")
+    }
+
+    /// The stdout/stderr log of a service `sys`'s coordinator restored (its `--state-dir` is
+    /// `<sys dir>/coordinator`).
+    pub fn restored_log(&self, sys: &System, ns: &str, id: &str) -> PathBuf {
+        sys.dir
+            .join("coordinator/logs")
+            .join(ns)
+            .join(format!("{id}.log"))
+    }
+
+    /// What `sys` still holds of container `ns/id`: container, task, snapshot (containerd's
+    /// view), bundle dir, shim processes, the cgroup its coordinator would make
+    /// (`<parent>/<ns>/<id>`) and, with `ctr_cgroup`, the ctr-style `/<ns>/<id>` (only
+    /// meaningful when no other system has a container of that name). Empty: nothing left.
+    pub fn leftovers(&self, sys: &System, ns: &str, id: &str, ctr_cgroup: bool) -> Vec<String> {
+        let mut left = Vec::new();
+        let ctr = sys.ctr_ns(ns);
+        match ctr.container_ids() {
+            Ok(ids) if ids.iter().any(|c| c == id) => left.push(format!("container {id}")),
+            Ok(_) => {}
+            Err(o) => left.push(format!("ctr containers ls failed:\n{o}")),
+        }
+        if let Some(t) = ctr.task(id) {
+            left.push(format!("task {id} ({}, pid {})", t.status, t.pid));
+        }
+        match ctr.snapshot_keys() {
+            Ok(keys) if keys.iter().any(|k| k == id) => left.push(format!("snapshot {id}")),
+            Ok(_) => {}
+            Err(o) => left.push(format!("ctr snapshots ls failed:\n{o}")),
+        }
+        let bundle = sys
+            .state()
+            .join("io.containerd.runtime.v2.task")
+            .join(ns)
+            .join(id);
+        if bundle.exists() {
+            left.push(format!("bundle dir {}", bundle.display()));
+        }
+        let sock = sys.socket().to_string_lossy().into_owned();
+        for p in procfs::pids_with_arg_pair("-id", id) {
+            let argv = procfs::cmdline(p);
+            if argv.iter().any(|a| a == &sock) {
+                left.push(format!("shim process {p}: {}", argv.join(" ")));
+            }
+        }
+        let mut cgroups = vec![format!("{}/{ns}/{id}", self.cgroup_parent(sys))];
+        if ctr_cgroup {
+            cgroups.push(format!("/{ns}/{id}"));
+        }
+        for m in procfs::cgroup_mounts() {
+            for c in &cgroups {
+                let d = m.join(c.trim_start_matches('/'));
+                if d.is_dir() {
+                    left.push(format!("cgroup {}", d.display()));
+                }
+            }
+        }
+        left
+    }
+
+    /// Copies the logs of both systems (containerd, coordinator, services) to `to`.
+    pub fn save_logs(&self, to: &Path) -> std::io::Result<()> {
+        for sys in [&self.a, &self.b] {
+            let dest = to.join(&sys.name);
+            fs::create_dir_all(&dest)?;
+            for f in ["containerd.log", "coordinator.log"] {
+                let src = sys.dir.join(f);
+                if src.is_file() {
+                    fs::copy(&src, dest.join(f))?;
+                }
+            }
+            copy_tree(&sys.dir.join("logs"), &dest.join("logs"))?;
+            copy_tree(
+                &sys.dir.join("coordinator/logs"),
+                &dest.join("restored-logs"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the regular files under `from` (recursively) into `to`; a missing `from` is no error.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let Ok(rd) = fs::read_dir(from) else {
+        return Ok(());
+    };
+    fs::create_dir_all(to)?;
+    for e in rd.flatten() {
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        } else if ft.is_file() {
+            fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `content` to `path` through a temp file and a rename, unless it already holds exactly

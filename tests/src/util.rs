@@ -230,6 +230,89 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output
     })
 }
 
+/// A command running in the background, stdin from /dev/null, stdout and stderr in files
+/// (never pipes), in its own process group. Dropping it kills the group if it still runs.
+pub struct Spawned {
+    pub cmdline: String,
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// Starts `cmd` in the background (see [`Spawned`]).
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
+    let out = scratch_path("bg-out");
+    let err = scratch_path("bg-err");
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out)?)
+        .stderr(fs::File::create(&err)?)
+        .process_group(0);
+    let cmdline = describe(cmd);
+    let child = cmd.spawn()?;
+    Ok(Spawned {
+        cmdline,
+        child: Some(child),
+        out,
+        err,
+    })
+}
+
+impl Spawned {
+    /// What the command wrote to stdout so far.
+    pub fn stdout_now(&self) -> String {
+        read_lossy(&self.out)
+    }
+
+    /// What the command wrote to stderr so far.
+    pub fn stderr_now(&self) -> String {
+        read_lossy(&self.err)
+    }
+
+    /// The command has exited.
+    pub fn finished(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Waits up to `timeout` for the exit (then kills the group: `timed_out`).
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let (code, timed_out) = match self.child.as_mut() {
+            Some(child) => match wait_child(child, timeout) {
+                Some(st) => (exit_code(st), false),
+                None => {
+                    kill_group(child);
+                    let _ = child.wait();
+                    (-1, true)
+                }
+            },
+            None => (-1, false),
+        };
+        self.child = None;
+        Output {
+            cmdline: self.cmdline.clone(),
+            code,
+            stdout: self.stdout_now(),
+            stderr: self.stderr_now(),
+            timed_out,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                kill_group(&c);
+            }
+            let _ = c.wait();
+        }
+        let _ = fs::remove_file(&self.out);
+        let _ = fs::remove_file(&self.err);
+    }
+}
+
 /// Waits for a child up to `timeout`; `None` on timeout (the child is left running).
 pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,356 @@
+//! Migrations that must fail ("Nothing lost"): each failure injected once; `ums migrate` exits
+//! non-zero naming the cause, the service runs on at A with its state, B holds nothing of it.
+
+use std::time::{Duration, Instant};
+
+use ums_tests::testbed::{Bed, System, BUSYBOX_IMAGE, COUNTER_IMAGE};
+use ums_tests::wait_for;
+
+use crate::common::*;
+
+/// An image name tagged on a system for one test; untagged when dropped.
+struct Tag<'a> {
+    sys: &'a System,
+    name: String,
+}
+
+impl<'a> Tag<'a> {
+    #[track_caller]
+    fn new(sys: &'a System, source: &str, name: &str) -> Tag<'a> {
+        sys.ctr()
+            .cmd(&["images", "tag", "--force", source, name])
+            .expect_ok(&format!("ctr images tag {source} {name} on {}", sys.name));
+        Tag {
+            sys,
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for Tag<'_> {
+    fn drop(&mut self) {
+        self.sys
+            .ctr()
+            .cmd_timeout(&["images", "rm", &self.name], Duration::from_secs(20));
+    }
+}
+
+/// After a failed migration: the service runs on at A from its state, B holds nothing.
+#[track_caller]
+fn assert_survived(bed: &Bed, svc: &Svc, path: &str, before: u64, what: &str) {
+    svc.assert_counts_on(&bed.a, path, before, what);
+    assert_nothing_left(bed, &bed.b, &svc.id, false, what);
+}
+
+/// The image exists only on A: refused in pre-migration, naming the image and B.
+pub fn image_not_on_b(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let image = "localhost/ums/only-a:1";
+    let _tag = Tag::new(a, BUSYBOX_IMAGE, image);
+    assert!(
+        !b.ctr().image_names().iter().any(|i| i == image),
+        "{image} must not exist on B"
+    );
+    let svc = Svc::start(bed, a, "tbt-onlya", image, &["/bin/sh", "-c", SH_COUNTER]);
+    let before = svc.wait_u64(a, "/tmp/c", Duration::from_secs(20), |v| v >= 10);
+    let m = bed.migrate(a, b, &svc.reference());
+    assert_refused(
+        bed,
+        &m,
+        &[image, "not present on system b"],
+        "image only on A",
+    );
+    assert_survived(bed, &svc, "/tmp/c", before, "image only on A");
+}
+
+/// B's shim of the container is killed (SIGKILL) while memhog 512 MiB streams to it: the Dump
+/// fails, A resumes the service with its memory intact, B removes what it made. The kill comes
+/// once B's staging dir holds `threshold` bytes; an attempt whose migration ended before the
+/// kill is retried with a new service and a lower threshold (never passes vacuously).
+pub fn destination_vanishes(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let mut threshold = 32 * MIB;
+    for attempt in 1..=3 {
+        let (svc, sum) = start_memhog(bed, a, &format!("tbt-vanish{attempt}"), 512);
+        let id = svc.id.clone();
+        let mut mig = bed
+            .spawn_migrate(a, b, &svc.reference())
+            .expect("spawn ums migrate");
+        let t0 = Instant::now();
+        let mut killed: Option<(u64, Vec<i32>)> = None;
+        while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
+            let got = staging_bytes(b, &id);
+            if got >= threshold {
+                let pids = shim_pids(b, &id);
+                for &p in &pids {
+                    ums_tests::util::signal(p, libc::SIGKILL);
+                }
+                if !pids.is_empty() {
+                    killed = Some((got, pids));
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let m = bed.finish_migrate(mig);
+        let Some((at, pids)) = killed else {
+            say(format!(
+                "destination vanishes, attempt {attempt}: the migration ended before B's staging dir held {} MiB (exit {}); retrying with a lower threshold",
+                threshold / MIB,
+                m.out.code
+            ));
+            threshold /= 4;
+            continue;
+        };
+        say(format!(
+            "destination vanishes: killed B's shim {pids:?} of {id} with {:.1} MiB of 512 received",
+            at as f64 / MIB as f64
+        ));
+        let err = assert_refused(
+            bed,
+            &m,
+            &["phase checkpoint", "stream", "runs on at the source"],
+            "B's shim killed mid-stream",
+        );
+        assert!(
+            !err.contains("may be frozen"),
+            "the source says the service may be frozen:\n{err}"
+        );
+        svc.assert_running(a, "memhog on A after the failed migration");
+        let (ok, got) = memhog_verify(&svc, a);
+        assert!(
+            ok == "ok" && got == sum,
+            "memhog on A after the failed migration: verify {ok} {got}, checksum at start {sum}"
+        );
+        let (ticks, _) = read_ticks(&svc, a);
+        let gap = check_ticks(&ticks, "memhog's ticks on A across the failed migration");
+        let n = ticks.len();
+        wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+            (read_ticks(&svc, a).0.len() > n).then_some(())
+        })
+        .expect("memhog on A ticks on after the failed migration");
+        say(format!(
+            "destination vanishes: memhog verify ok {sum} on A, ticks go on (largest gap {gap} ms)"
+        ));
+        assert_nothing_left(bed, b, &id, false, "B after its shim was killed");
+        return;
+    }
+    panic!(
+        "could not kill B's shim while the stream ran, in 3 attempts: the injection never happened"
+    );
+}
+
+/// An established TCP connection inside the service: CRIU refuses to dump it (the shim does not
+/// pass --tcp-established), so the dump fails on A; the service and its connection go on.
+pub fn criu_dump_on_a(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let script = format!(
+        "sleep 100000 | nc -l -p 7000 >/dev/null & sleep 0.3; \
+         sleep 100000 | nc 127.0.0.1 7000 & {SH_COUNTER}"
+    );
+    let svc = Svc::start(
+        bed,
+        a,
+        "tbt-conn",
+        BUSYBOX_IMAGE,
+        &["/bin/sh", "-c", &script],
+    );
+    let established = || {
+        svc.sh(a, "netstat -tn")
+            .lines()
+            .filter(|l| l.contains("ESTABLISHED") && l.contains(":7000"))
+            .count()
+    };
+    wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        (established() == 2).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no established TCP connection in the service:\n{}",
+            svc.sh(a, "netstat -tn; ps")
+        )
+    });
+    let before = svc.wait_u64(a, "/tmp/c", Duration::from_secs(20), |v| v >= 10);
+    let m = bed.migrate(a, b, &svc.reference());
+    let err = assert_refused(
+        bed,
+        &m,
+        &[
+            "phase checkpoint",
+            "checkpoint failed",
+            "criu",
+            "runs on at the source",
+        ],
+        "CRIU dump failure on A",
+    );
+    assert_survived(bed, &svc, "/tmp/c", before, "CRIU dump failure on A");
+    assert_eq!(
+        established(),
+        2,
+        "the service's TCP connection is gone after the failed dump"
+    );
+    // Last: the reason names CRIU's cause (the connected TCP socket), in the message or in the
+    // CRIU log the message points at.
+    assert_criu_cause(&err, "dump.log", "TCP socket", "CRIU dump failure on A");
+}
+
+/// `ums migrate`'s reason for a CRIU failure names CRIU's cause (`needle`, case-insensitive):
+/// in the message itself, or in the CRIU log (`log_name`) the message points at, which must
+/// then still exist.
+#[track_caller]
+fn assert_criu_cause(err: &str, log_name: &str, needle: &str, what: &str) {
+    let lower = needle.to_lowercase();
+    if err.to_lowercase().contains(&lower) {
+        say(format!("{what}: the reason names the cause ({needle})"));
+        return;
+    }
+    let log = err
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == '"')
+        .find(|w| w.ends_with(log_name))
+        .map(std::path::PathBuf::from);
+    let Some(log) = log else {
+        panic!(
+            "{what}: the reason names neither CRIU's cause ({needle}) nor a CRIU log ({log_name})\nreason:\n{err}"
+        );
+    };
+    let exists = log.exists();
+    let text = ums_tests::util::read_lossy(&log);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_lowercase().contains(&lower))
+        .map(str::trim)
+        .collect();
+    if lines.is_empty() {
+        panic!(
+            "{what}: the reason does not name CRIU's cause ({needle}), and the CRIU log it points at, {}, {}\nreason:\n{err}",
+            log.display(),
+            if exists {
+                "does not name it either"
+            } else {
+                "no longer exists"
+            }
+        );
+    }
+    say(format!(
+        "{what}: the CRIU log {} names the cause: {}",
+        log.display(),
+        lines.join(" | ")
+    ));
+}
+
+/// CRIU fails to restore on B: the image has the same name on both systems but other content
+/// (B's lacks /usr/local/bin/counter, which the service holds open), so CRIU cannot reopen the
+/// file on B. A's service, frozen through the dump, is resumed.
+pub fn criu_restore_on_b(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let image = "localhost/ums/skew:1";
+    let _ta = Tag::new(a, COUNTER_IMAGE, image);
+    let _tb = Tag::new(b, BUSYBOX_IMAGE, image);
+    let script = format!("exec 3</usr/local/bin/counter; {SH_COUNTER}");
+    let svc = Svc::start(bed, a, "tbt-skew", image, &["/bin/sh", "-c", &script]);
+    let before = svc.wait_u64(a, "/tmp/c", Duration::from_secs(20), |v| v >= 10);
+    let m = bed.migrate(a, b, &svc.reference());
+    let err = assert_refused(
+        bed,
+        &m,
+        &[
+            "phase restore",
+            "restore failed",
+            "criu",
+            "runs on at the source",
+        ],
+        "CRIU restore failure on B",
+    );
+    assert_survived(bed, &svc, "/tmp/c", before, "CRIU restore failure on B");
+    let fd = svc.sh(a, "readlink /proc/1/fd/3");
+    assert_eq!(
+        fd.trim(),
+        "/usr/local/bin/counter",
+        "the service's open file after the failed restore"
+    );
+    // Last: the reason names CRIU's cause (the file it could not open on B).
+    assert_criu_cause(
+        &err,
+        "restore.log",
+        "usr/local/bin/counter",
+        "CRIU restore failure on B",
+    );
+}
+
+/// While a migration of memhog 512 MiB runs, a second one of the same container is refused by
+/// A (the source) and by B (where it is arriving); the first completes with the memory intact.
+pub fn second_migration(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let (svc, sum) = start_memhog(bed, a, "tbt-twice", 512);
+    let id = svc.id.clone();
+    let mut first = bed
+        .spawn_migrate(a, b, &svc.reference())
+        .expect("spawn ums migrate");
+    wait_for(Duration::from_secs(30), Duration::from_millis(5), || {
+        (first.stderr_now().contains(" started") || first.finished()).then_some(())
+    });
+    assert!(
+        !first.finished(),
+        "the first migration ended before the second was tried:\n{}",
+        first.stderr_now()
+    );
+    let second = bed.migrate(a, b, &svc.reference());
+    let running = !first.finished();
+    assert_refused(
+        bed,
+        &second,
+        &["already in progress"],
+        "a second migration at the source",
+    );
+    assert!(
+        running,
+        "the first migration had ended when the second was refused"
+    );
+    wait_for(Duration::from_secs(30), Duration::from_millis(5), || {
+        (staging_bytes(b, &id) > 0 || first.finished()).then_some(())
+    });
+    assert!(
+        !first.finished(),
+        "the first migration ended before B could be asked:\n{}",
+        first.stderr_now()
+    );
+    let third = bed.migrate(b, a, &svc.reference());
+    let running = !first.finished();
+    assert_refused(
+        bed,
+        &third,
+        &["already in progress"],
+        "a migration from the destination while the service arrives there",
+    );
+    assert!(running, "the first migration had ended when B refused");
+    let m = bed.finish_migrate(first);
+    let f = check_migration(bed, &m, a, b, &id, "memhog 512 MiB (the first of two)");
+    assert!(f.bytes >= 512 * MIB, "bytes {} < 512 MiB", f.bytes);
+    assert_nothing_left(bed, a, &id, true, "the source after the migration");
+    let (ok, got) = memhog_verify(&svc, b);
+    assert!(
+        ok == "ok" && got == sum,
+        "memhog on B: verify {ok} {got}, checksum on A {sum}"
+    );
+}
+
+/// Bad references: clear errors, nothing done.
+pub fn bad_refs(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "default/tbt-nope",
+            &["container default/tbt-nope not found on system a"],
+        ),
+        ("tbtnons/web1", &["namespace tbtnons not found on system a"]),
+        ("web1", &["\"web1\"", "NAMESPACE/NAME"]),
+        ("default/bad name", &["\"bad name\"", "may only contain"]),
+        ("default/", &["container name", "is empty"]),
+    ];
+    for (r, reasons) in cases {
+        let m = bed.migrate(a, b, r);
+        assert_refused(bed, &m, reasons, &format!("ums migrate {r:?}"));
+    }
+    assert_nothing_left(bed, b, "tbt-nope", true, "B after the refusals");
+    assert_nothing_left(bed, a, "tbt-nope", true, "A after the refusals");
+}
