@@ -112,8 +112,45 @@ pub struct IncomingRequest {
     /// The source coordinator's cgroup parent (see `--cgroup-parent`).
     #[serde(default)]
     pub source_cgroup_parent: String,
+    /// Bind mounts whose source exists on the source system only (the files the CRI plugin
+    /// made for the container's pod): the destination recreates them in its state dir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_mounts: Vec<LocalMount>,
     /// Binds the image stream to this migration (passed to both shims).
     pub token: String,
+}
+
+/// A bind mount of the source container whose source the destination recreates (see
+/// [`crate::mounts`]): a file with its content, or an empty directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalMount {
+    /// The mount's destination in the container (`/etc/hosts`).
+    pub destination: String,
+    pub kind: LocalMountKind,
+    /// Permission bits of the source.
+    #[serde(default)]
+    pub mode: u32,
+    /// A file's content in hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_hex: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalMountKind {
+    File,
+    Dir,
+}
+
+impl LocalMount {
+    pub fn content(&self) -> Result<Vec<u8>> {
+        unhex(&self.content_hex).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "local mount {}: content_hex is not hex",
+                self.destination
+            ))
+        })
+    }
 }
 
 fn default_spec_type_url() -> String {
@@ -278,6 +315,9 @@ pub struct Report {
     /// Post-migration steps that did not go cleanly (the service runs at the destination).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the user should know, e.g. that a CRI container's pod stays on the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One migration as a coordinator tracks it (`GET /v1/migrations`).
@@ -352,7 +392,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "migrated {} from {} to {} in {} ms (frozen {} ms, downtime {} ms, {}; pre {} / \
-             checkpoint {} / transfer {} / restore {} / post {} ms); migration {}{}",
+             checkpoint {} / transfer {} / restore {} / post {} ms); migration {}{}{}",
             self.container,
             self.source_system,
             self.destination_system,
@@ -370,6 +410,11 @@ impl Report {
                 String::new()
             } else {
                 format!("; warnings: {}", self.warnings.join("; "))
+            },
+            if self.notes.is_empty() {
+                String::new()
+            } else {
+                format!("; notes: {}", self.notes.join("; "))
             }
         )
     }
@@ -414,6 +459,7 @@ mod tests {
                 pid: 4242,
             },
             warnings: vec![],
+            notes: vec![],
         }
     }
 

@@ -11,7 +11,8 @@
 //! A prepared container that the source neither restores nor aborts within
 //! `incoming_timeout` is aborted by a watchdog.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +25,13 @@ use crate::api::{
 use crate::containerd::{new_container, Containerd, TaskState};
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
+use crate::mounts;
 use crate::refs::ContainerRef;
 use crate::shim::Shim;
 use crate::source::UMS_RUNTIME;
 use crate::spec::{
-    destination_spec, validate_cgroup_parent, without_restore_marker, CgroupParents,
+    adopt_hostname, destination_labels, destination_spec, missing_bind_sources,
+    remap_mount_sources, validate_cgroup_parent, without_restore_marker, CgroupParents,
     MIGRATION_LABEL,
 };
 
@@ -144,7 +147,23 @@ impl Coordinator {
             source: validate_cgroup_parent(&req.source_cgroup_parent)?,
             destination: self.cfg.cgroup_parent.clone(),
         };
-        let spec = destination_spec(&req.spec, r, id, &parents)?;
+        let mut spec = destination_spec(&req.spec, r, id, &parents)?;
+        // Bind mounts of files that exist on the source only: made here, in our state dir.
+        let mounts_dir = mounts::migration_dir(&self.cfg.state_dir, r, id);
+        let planned = mounts::plan(&mounts_dir, &req.local_mounts)?;
+        remap_mount_sources(&mut spec, &planned);
+        if let Some(h) = mounts::hostname(&req.local_mounts) {
+            adopt_hostname(&mut spec, &h);
+        }
+        let remapped: HashSet<String> = planned.keys().cloned().collect();
+        let missing = missing_bind_sources(&spec, &remapped, |s| Path::new(s).exists());
+        if !missing.is_empty() {
+            return Err(Error::Precondition(format!(
+                "bind mount source(s) missing on system {me}: {} (runc could not restore the \
+                 service's mounts)",
+                missing.join(", ")
+            )));
+        }
         let spec = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encoding the spec: {e}")))?;
         let runtime_options = req
@@ -152,32 +171,48 @@ impl Coordinator {
             .as_ref()
             .map(|o| o.to_any())
             .transpose()?;
-        let mut labels: HashMap<String, String> = req.labels.clone();
+        let mut labels: HashMap<String, String> = destination_labels(&req.labels, &req.spec);
         labels.insert(MIGRATION_LABEL.to_string(), id.clone());
         let log = self.service_log(r).await?;
+        if !req.local_mounts.is_empty() {
+            if let Err(e) = mounts::materialize(&mounts_dir, &req.local_mounts).await {
+                let _ = mounts::remove(&mounts_dir).await;
+                return Err(e);
+            }
+            info!(
+                "migration {id}: {} mount source(s) of {r} made in {}",
+                req.local_mounts.len(),
+                mounts_dir.display()
+            );
+        }
         // The container first: it references the snapshot key, so containerd's GC keeps the
         // snapshot we prepare next.
-        cd.create_container(
-            ns,
-            new_container(
-                &r.id,
-                &req.image,
-                UMS_RUNTIME,
-                runtime_options,
-                &req.spec_type_url,
-                spec,
-                &snapshotter,
-                labels,
-            ),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::Containerd {
-                code: containerd_client::tonic::Code::AlreadyExists,
-                ..
-            } => Error::Conflict(format!("container {r} already exists on system {me}")),
-            other => other,
-        })?;
+        let created = cd
+            .create_container(
+                ns,
+                new_container(
+                    &r.id,
+                    &req.image,
+                    UMS_RUNTIME,
+                    runtime_options,
+                    &req.spec_type_url,
+                    spec,
+                    &snapshotter,
+                    labels,
+                ),
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Containerd {
+                    code: containerd_client::tonic::Code::AlreadyExists,
+                    ..
+                } => Error::Conflict(format!("container {r} already exists on system {me}")),
+                other => other,
+            });
+        if let Err(e) = created {
+            let _ = mounts::remove(&mounts_dir).await;
+            return Err(e);
+        }
         info!("migration {id}: container {r} created (snapshot parent {chain})");
         let made = async {
             let mounts = cd
@@ -432,6 +467,9 @@ impl Coordinator {
         if let Err(e) = cd.remove_snapshot(ns, snapshotter, &r.id).await {
             note(format!("snapshot remove: {e}"));
         }
+        if let Err(e) = mounts::remove(&mounts::migration_dir(&self.cfg.state_dir, r, id)).await {
+            note(format!("mount sources: {e}"));
+        }
         failed
     }
 
@@ -474,6 +512,15 @@ impl Coordinator {
                 let failed = self.cleanup_with(&cd, &mid, &r, snapshotter).await;
                 if failed.is_empty() {
                     removed += 1;
+                }
+            }
+        }
+        // Mount sources of containers that are gone (deleted by their owner since).
+        for r in mounts::containers_with_mounts(&self.cfg.state_dir) {
+            if cd.container(&r.namespace, &r.id).await?.is_none() {
+                info!("{r} is gone: removing its mount sources");
+                if let Err(e) = mounts::remove_container(&self.cfg.state_dir, &r).await {
+                    warn!("{e}");
                 }
             }
         }

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{0}")]
     Precondition(String),
     /// The container cannot be migrated by the container-level approach (wrong runtime, a pod
-    /// container joining another container's namespaces, a terminal).
+    /// sandbox, a container joining another container's namespaces, a terminal).
     #[error("{0}")]
     Unsupported(String),
     /// containerd refused or failed a call.

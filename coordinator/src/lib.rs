@@ -6,16 +6,20 @@
 //! - [`source`] / [`dest`]: the two sides of a migration, driving the local shims over ttrpc
 //!   ([`shim`]) and the local containerd over gRPC ([`containerd`]);
 //! - [`client`]: `ums migrate`;
-//! - [`spec`]: the destination container's spec (restore marker, netns, cgroups).
+//! - [`spec`]: the destination container's spec (restore marker, netns, cgroups, CRI pods);
+//! - [`mounts`]: bind mounts whose source exists on the source system only;
+//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source.
 pub mod api;
 pub mod client;
 pub mod containerd;
 pub mod coordinator;
+pub mod cri;
 pub mod dest;
 pub mod error;
 pub mod http;
 pub mod image;
 pub mod logger;
+pub mod mounts;
 pub mod refs;
 pub mod registry;
 pub mod server;

@@ -19,16 +19,18 @@ use log::{error, info, warn};
 use serde_json::Value;
 
 use crate::api::{
-    AbortResponse, AnyJson, DumpFigures, Health, IncomingRequest, IncomingResponse, Location,
-    MigrateAccepted, MigrateRequest, Phase, PhasesMs, Report, RestoreResponse, Role, State,
-    APPROACH,
+    AbortResponse, AnyJson, DumpFigures, Health, IncomingRequest, IncomingResponse, LocalMount,
+    Location, MigrateAccepted, MigrateRequest, Phase, PhasesMs, Report, RestoreResponse, Role,
+    State, APPROACH,
 };
 use crate::containerd::{runtime_of, Containerd, TaskState};
 use crate::coordinator::{new_migration_id, random_hex, Coordinator};
+use crate::cri::Cri;
 use crate::error::{Error, Result};
+use crate::mounts;
 use crate::refs::{ContainerRef, PeerUrl};
 use crate::shim::Shim;
-use crate::spec::check_source_spec;
+use crate::spec::{check_source_container, CriKind, CriPod};
 
 pub const UMS_RUNTIME: &str = ums_shim::RUNTIME_TYPE;
 
@@ -55,6 +57,11 @@ struct Plan {
     labels: std::collections::HashMap<String, String>,
     spec: Value,
     spec_type_url: String,
+    /// A CRI container: its pod (which stays here).
+    cri_pod: Option<CriPod>,
+    /// Bind mounts of files that exist on this system only (a CRI pod's /etc/hosts, ...).
+    local_mounts: Vec<LocalMount>,
+    notes: Vec<String>,
     shim: Shim,
     containerd: Containerd,
     started: Instant,
@@ -149,7 +156,21 @@ impl Coordinator {
         })?;
         let spec: Value = serde_json::from_slice(&any.value)
             .map_err(|e| Error::Internal(format!("the spec of {container} is not JSON: {e}")))?;
-        check_source_spec(&spec, container)?;
+        let cri_pod = match check_source_container(&spec, &c.labels, container)? {
+            Some(CriKind::Container) => Some(CriPod::of(&spec).unwrap_or_default()),
+            _ => None,
+        };
+        let (local_mounts, mut notes) = mounts::collect(&spec, &self.cfg.state_dir).await?;
+        if let Some(pod) = &cri_pod {
+            notes.insert(
+                0,
+                format!(
+                    "{container} is a container of {pod} on system {me}: it moves as a plain \
+                     container (no pod at the destination); the pod sandbox stays on {me}, left \
+                     to its owner (kubelet may start the container again in it)"
+                ),
+            );
+        }
 
         // Step 2: the destination coordinator is there, and is not us.
         let health: Health = self.peers.get(&to.join("/healthz"), HEALTH_TIMEOUT).await?;
@@ -184,6 +205,9 @@ impl Coordinator {
             labels: c.labels.clone(),
             spec,
             spec_type_url: any.type_url.clone(),
+            cri_pod,
+            local_mounts,
+            notes,
             shim,
             containerd: cd,
             started,
@@ -228,6 +252,7 @@ impl Coordinator {
             runtime_options: p.runtime_options.clone(),
             labels: p.labels.clone(),
             source_cgroup_parent: self.cfg.cgroup_parent.clone(),
+            local_mounts: p.local_mounts.clone(),
             token: token.clone(),
         };
         info!(
@@ -325,6 +350,9 @@ impl Coordinator {
         self.registry
             .update_phases(id, |ph| ph.post_migration = Some(post_ms));
         info!("migration {id}: post_migration done in {post_ms} ms");
+        for n in &p.notes {
+            info!("migration {id}: note: {n}");
+        }
 
         Ok(Report {
             approach: APPROACH.to_string(),
@@ -359,6 +387,7 @@ impl Coordinator {
                 pid: restored.pid,
             },
             warnings,
+            notes: p.notes.clone(),
         })
     }
 
@@ -471,22 +500,74 @@ impl Coordinator {
             }
             Err(e) => warn_of(format!("waiting for the source task: {e}")),
         }
-        if let Err(e) = cd.delete_task(ns, cid).await {
-            warn_of(format!("deleting the source task failed: {e}"));
-        }
-        if let Err(e) = cd.delete_container(ns, cid).await {
-            warn_of(format!("deleting the source container failed: {e}"));
-        } else if !p.snapshot_key.is_empty() {
-            let snapshotter = if p.snapshotter.is_empty() {
-                "overlayfs"
-            } else {
-                &p.snapshotter
+        // A CRI container goes through CRI (which deletes task, container and snapshot), or
+        // the CRI plugin would keep a record of it.
+        let mut removed_by_cri = false;
+        if let Some(pod) = &p.cri_pod {
+            let removed = match Cri::connect(cd.socket()).await {
+                Ok(mut cri) => cri.stop_and_remove(cid).await,
+                Err(e) => Err(e),
             };
-            if let Err(e) = cd.remove_snapshot(ns, snapshotter, &p.snapshot_key).await {
-                warn_of(format!(
-                    "removing the source snapshot {} failed: {e}",
-                    p.snapshot_key
-                ));
+            match removed {
+                Ok(true) => {
+                    removed_by_cri = true;
+                    info!(
+                        "migration {id}: {} removed through CRI (StopContainer, RemoveContainer); \
+                         its {pod} stays here, left to its owner",
+                        p.container
+                    );
+                }
+                Ok(false) => info!(
+                    "migration {id}: CRI does not know {}: deleting it through containerd",
+                    p.container
+                ),
+                Err(e) => warn_of(format!(
+                    "removing {} through CRI failed ({e}); deleting it through containerd (the \
+                     CRI plugin may list it until containerd restarts)",
+                    p.container
+                )),
+            }
+        }
+        let mut deleted = removed_by_cri;
+        if removed_by_cri {
+            match cd.container(ns, cid).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    deleted = false;
+                    warn_of(
+                        "the source container is still in containerd after CRI RemoveContainer"
+                            .into(),
+                    );
+                }
+                Err(e) => warn_of(format!("checking the source container: {e}")),
+            }
+        } else {
+            if let Err(e) = cd.delete_task(ns, cid).await {
+                warn_of(format!("deleting the source task failed: {e}"));
+            }
+            if let Err(e) = cd.delete_container(ns, cid).await {
+                warn_of(format!("deleting the source container failed: {e}"));
+            } else {
+                deleted = true;
+                if !p.snapshot_key.is_empty() {
+                    let snapshotter = if p.snapshotter.is_empty() {
+                        "overlayfs"
+                    } else {
+                        &p.snapshotter
+                    };
+                    if let Err(e) = cd.remove_snapshot(ns, snapshotter, &p.snapshot_key).await {
+                        warn_of(format!(
+                            "removing the source snapshot {} failed: {e}",
+                            p.snapshot_key
+                        ));
+                    }
+                }
+            }
+        }
+        // Mount sources this coordinator made when the container came here.
+        if deleted {
+            if let Err(e) = mounts::remove_container(&self.cfg.state_dir, &p.container).await {
+                warn_of(format!("removing the container's mount sources: {e}"));
             }
         }
         if warnings.is_empty() {

@@ -43,6 +43,11 @@ fn ping_pong_10() {
 }
 
 #[test]
+fn cri_container_a_to_b() {
+    with_bed("cri_container_a_to_b", scenarios::cri_container_a_to_b);
+}
+
+#[test]
 fn fail_image_not_on_b() {
     with_bed("fail_image_not_on_b", failures::image_not_on_b);
 }

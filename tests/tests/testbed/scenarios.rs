@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use ums_tests::testbed::{Bed, BUSYBOX_IMAGE, COUNTER_IMAGE, MULTIPROC_IMAGE};
+use ums_tests::cri::Cri;
+use ums_tests::testbed::{Bed, System, BUSYBOX_IMAGE, COUNTER_IMAGE, MULTIPROC_IMAGE};
 
 use crate::common::*;
 
@@ -291,5 +292,272 @@ pub fn ping_pong_10(bed: &Bed) {
         "ping-pong: counter {values:?}; total_ms {}; frozen_ms {}",
         stat(&totals),
         stat(&frozen)
+    ));
+}
+
+/// A CRI pod with runtime handler `ums` on `sys` and a counter container in it, with a pid
+/// namespace of its own as kubelet gives by default (`ums_tests::cri::Cri::create_container`
+/// sets no namespace options: CRI would join the pod's pid namespace). Dropping it removes the
+/// pod (through CRI) and the container from both systems, whatever the test's outcome.
+struct CriCounter<'a> {
+    bed: &'a Bed,
+    sys: &'a System,
+    pod: String,
+    cid: String,
+}
+
+impl<'a> CriCounter<'a> {
+    #[track_caller]
+    fn start(bed: &'a Bed, sys: &'a System, name: &str) -> CriCounter<'a> {
+        use k8s_cri::v1 as cri;
+        let mut client = sys.cri().expect("CRI client");
+        client
+            .wait_ready(Duration::from_secs(30))
+            .expect("CRI ready");
+        let log_dir = sys.dir.join("logs").join(format!("pod-{name}"));
+        std::fs::create_dir_all(&log_dir).expect("pod log dir");
+        let mut config = Cri::pod_config(
+            name,
+            &format!("{name}-uid"),
+            &bed.cgroup_parent(sys),
+            &log_dir,
+        );
+        let ns = cri::NamespaceOption {
+            network: cri::NamespaceMode::Pod as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
+        if let Some(l) = config.linux.as_mut() {
+            l.security_context = Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(ns.clone()),
+                ..Default::default()
+            });
+        }
+        let pod = client
+            .run_pod(config, "ums")
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name} on system {}: {e}", sys.name));
+        let mut me = CriCounter {
+            bed,
+            sys,
+            pod: pod.id.clone(),
+            cid: String::new(),
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "svc".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: COUNTER_IMAGE.into(),
+                    ..Default::default()
+                }),
+                log_path: "svc.log".into(),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(ns),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let socket = sys.socket();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        me.cid = rt
+            .block_on(async {
+                let ch = containerd_client::connect(&socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                cri::runtime_service_client::RuntimeServiceClient::new(ch)
+                    .create_container(req)
+                    .await
+                    .map(|r| r.into_inner().container_id)
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            })
+            .unwrap_or_else(|e| {
+                panic!("CreateContainer in pod {name} on system {}: {e}", sys.name)
+            });
+        client
+            .start_container(&me.cid)
+            .unwrap_or_else(|e| panic!("StartContainer {}: {e}", me.cid));
+        me
+    }
+
+    /// The counter of the container on `sys` (ctr exec in namespace k8s.io).
+    fn read(&self, sys: &System) -> Option<u64> {
+        let out = sys.ctr_k8s().exec(&self.cid, &["cat", "/tmp/counter"]);
+        out.success()
+            .then(|| out.stdout.trim().parse().ok())
+            .flatten()
+    }
+
+    #[track_caller]
+    fn wait(&self, sys: &System, what: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        ums_tests::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+            self.read(sys).filter(|&v| pred(v))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: the counter of {} on system {} (last read {:?})\n{}",
+                self.cid,
+                sys.name,
+                self.read(sys),
+                sys.ctr_k8s().cmd(&["tasks", "ls"])
+            )
+        })
+    }
+}
+
+impl Drop for CriCounter<'_> {
+    fn drop(&mut self) {
+        if !self.cid.is_empty() {
+            self.bed.b.ctr_k8s().remove_best_effort(&self.cid);
+        }
+        if let Ok(mut c) = self.sys.cri() {
+            let _ = c.stop_pod(&self.pod);
+            let _ = c.remove_pod(&self.pod);
+        }
+        if !self.cid.is_empty() {
+            self.sys.ctr_k8s().remove_best_effort(&self.cid);
+        }
+    }
+}
+
+/// A container started through CRI on A (pod with handler `ums`) migrates to B as a plain
+/// container of namespace k8s.io, same image: it counts on there from where it was, with its
+/// pod's hostname, without CRI labels and annotations, its cgroup under B's parent, unknown to
+/// B's CRI; on A, CRI no longer lists it (removed through CRI) and containerd holds nothing of
+/// it, while the pod sandbox stays (the report notes it). The sandbox itself is refused (422).
+pub fn cri_container_a_to_b(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let svc = CriCounter::start(bed, a, "tbt-cri");
+    let cid = svc.cid.clone();
+    let before = svc.wait(a, "on A", |v| v >= 30);
+
+    let m = bed.migrate(a, b, &format!("k8s.io/{}", svc.pod));
+    assert_refused(
+        bed,
+        &m,
+        &["pod sandbox", "422"],
+        "migrating the pod sandbox",
+    );
+
+    let reference = format!("k8s.io/{cid}");
+    let t0 = Instant::now();
+    let m = bed.migrate(a, b, &reference);
+    let Some(report) = m.report.as_ref().filter(|_| m.out.success()) else {
+        panic!(
+            "ums migrate {reference} a->b failed\n{}{}",
+            m.out,
+            diag(bed)
+        );
+    };
+    let bad = report_problems(report, &reference, a, b);
+    assert!(
+        bad.is_empty(),
+        "the --json report is not sane:\n  {}\nreport: {report}",
+        bad.join("\n  ")
+    );
+    say(format!("cri container (a->b): {}", figures(report).line()));
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("pod ums-test/tbt-cri") && notes.contains("stays on a"),
+        "the report should note that the pod stays on A: {report}"
+    );
+
+    // B: a plain container of k8s.io, counting on.
+    let ctr_b = b.ctr_k8s();
+    assert_eq!(ctr_b.expect_task(&cid).status, "RUNNING", "task {cid} on B");
+    let after = svc.wait(b, "on B", |v| v > before);
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    assert!(
+        after <= before + elapsed_ms / 100 + 5,
+        "the counter on B ({after}) is further than {elapsed_ms} ms of counting from {before}: restarted?"
+    );
+    let later = svc.wait(b, "on B, later", |v| v > after);
+    let info = ctr_b
+        .cmd(&["containers", "info", &cid])
+        .expect_ok("ctr -n k8s.io c info on B");
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).expect("c info JSON");
+    assert_eq!(info["Image"], COUNTER_IMAGE, "{info}");
+    assert_eq!(info["Runtime"]["Name"], "io.containerd.ums.v1", "{info}");
+    let labels = info["Labels"].to_string();
+    assert!(
+        !labels.contains("io.cri-containerd") && !labels.contains("io.kubernetes"),
+        "CRI labels on B: {labels}"
+    );
+    assert_eq!(
+        info["Labels"]["io.ums.cri.pod"], "ums-test/tbt-cri",
+        "{labels}"
+    );
+    let spec = &info["Spec"];
+    assert!(
+        !spec["annotations"].to_string().contains("io.kubernetes"),
+        "CRI annotations on B: {}",
+        spec["annotations"]
+    );
+    assert_eq!(
+        spec["linux"]["cgroupsPath"],
+        format!("{}/k8s.io/{cid}", bed.cgroup_parent(b))
+    );
+    assert!(
+        spec["linux"]["namespaces"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n.get("path").is_none())),
+        "namespaces joined by path on B: {}",
+        spec["linux"]["namespaces"]
+    );
+    let etc = ctr_b.exec(
+        &cid,
+        &[
+            "sh",
+            "-c",
+            "hostname; cat /etc/hostname; test -s /etc/hosts && echo hosts",
+        ],
+    );
+    assert_eq!(
+        etc.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["tbt-cri", "tbt-cri", "hosts"],
+        "{etc}"
+    );
+    let (_, b_ctrs) = b.cri().and_then(|mut c| c.list()).expect("CRI list on B");
+    assert!(!b_ctrs.contains(&cid), "B's CRI lists {cid}");
+
+    // A: CRI forgot it, containerd holds nothing of it, the pod stays.
+    let (pods, ctrs) = a.cri().and_then(|mut c| c.list()).expect("CRI list on A");
+    assert!(!ctrs.contains(&cid), "A's CRI still lists {cid}: {ctrs:?}");
+    assert!(
+        pods.contains(&svc.pod),
+        "the pod sandbox {} left A: {pods:?}",
+        svc.pod
+    );
+    let mut left = Vec::new();
+    let clean = ums_tests::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        left = bed.leftovers(a, "k8s.io", &cid, false);
+        let cri_cgroup = format!("{}/{cid}", bed.cgroup_parent(a));
+        for m in ums_tests::procfs::cgroup_mounts() {
+            let d = m.join(cri_cgroup.trim_start_matches('/'));
+            if d.is_dir() {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+        left.is_empty().then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "A still holds {cid}:\n  {}{}",
+        left.join("\n  "),
+        diag(bed)
+    );
+    say(format!(
+        "cri container: {before} on A before, {after} then {later} on B; A's CRI lists the pod, not the container"
     ));
 }
