@@ -37,14 +37,20 @@ pub fn remove_stale_socket(address_file: &std::path::Path) {
     let Ok(addr) = std::fs::read_to_string(address_file) else {
         return;
     };
-    let path = PathBuf::from(addr.trim().trim_start_matches("unix://"));
+    remove_if_stale(std::path::Path::new(
+        addr.trim().trim_start_matches("unix://"),
+    ));
+}
+
+/// Removes a `<pid>.sock` whose shim process no longer exists.
+fn remove_if_stale(path: &std::path::Path) {
     let pid = path
         .file_stem()
         .and_then(|s| s.to_str())
         .and_then(|s| s.parse::<u32>().ok());
     if let Some(pid) = pid {
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -56,6 +62,12 @@ pub async fn serve(inner: Arc<Inner>) -> Result<Server> {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
     }
     let _ = std::fs::remove_file(&path);
+    // Sockets of shims that were killed (they could not remove their own).
+    if let Some(entries) = path.parent().and_then(|d| std::fs::read_dir(d).ok()) {
+        for e in entries.flatten() {
+            remove_if_stale(&e.path());
+        }
+    }
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .map_err(Error::io(format!("bind {}", path.display())))?;
     let listener = Listener::try_from(listener).map_err(Error::io("ttrpc listener"))?;
