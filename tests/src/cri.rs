@@ -29,6 +29,17 @@ fn status_msg(what: &str, s: tonic::Status) -> String {
     )
 }
 
+/// Runs one CRI call to completion; the error names the call.
+fn call<T>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> CriResult<T> {
+    rt.block_on(fut)
+        .map(tonic::Response::into_inner)
+        .map_err(|s| status_msg(what, s))
+}
+
 /// A created pod: its id and the config that created it (needed again for CreateContainer).
 pub struct Pod {
     pub id: String,
@@ -55,19 +66,13 @@ impl Cri {
         let req = cri::VersionRequest {
             version: "v1".into(),
         };
-        self.rt
-            .block_on(self.runtime.version(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| status_msg("Version", s))
+        call(&self.rt, "Version", self.runtime.version(req))
     }
 
     /// Runtime conditions (RuntimeReady, NetworkReady) as name -> (status, message).
     pub fn conditions(&mut self) -> CriResult<HashMap<String, (bool, String)>> {
-        let resp = self
-            .rt
-            .block_on(self.runtime.status(cri::StatusRequest { verbose: false }))
-            .map_err(|s| status_msg("Status", s))?
-            .into_inner();
+        let req = cri::StatusRequest { verbose: false };
+        let resp = call(&self.rt, "Status", self.runtime.status(req))?;
         Ok(resp
             .status
             .map(|s| {
@@ -109,11 +114,7 @@ impl Cri {
             }),
             verbose: false,
         };
-        let resp = self
-            .rt
-            .block_on(self.images.image_status(req))
-            .map_err(|s| status_msg("ImageStatus", s))?
-            .into_inner();
+        let resp = call(&self.rt, "ImageStatus", self.images.image_status(req))?;
         Ok(resp.image.is_some())
     }
 
@@ -146,12 +147,7 @@ impl Cri {
             config: Some(config.clone()),
             runtime_handler: handler.into(),
         };
-        let id = self
-            .rt
-            .block_on(self.runtime.run_pod_sandbox(req))
-            .map_err(|s| status_msg("RunPodSandbox", s))?
-            .into_inner()
-            .pod_sandbox_id;
+        let id = call(&self.rt, "RunPodSandbox", self.runtime.run_pod_sandbox(req))?.pod_sandbox_id;
         Ok(Pod { id, config })
     }
 
@@ -181,20 +177,24 @@ impl Cri {
             config: Some(config),
             sandbox_config: Some(pod.config.clone()),
         };
-        self.rt
-            .block_on(self.runtime.create_container(req))
-            .map(|r| r.into_inner().container_id)
-            .map_err(|s| status_msg("CreateContainer", s))
+        call(
+            &self.rt,
+            "CreateContainer",
+            self.runtime.create_container(req),
+        )
+        .map(|r| r.container_id)
     }
 
     pub fn start_container(&mut self, id: &str) -> CriResult<()> {
         let req = cri::StartContainerRequest {
             container_id: id.into(),
         };
-        self.rt
-            .block_on(self.runtime.start_container(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("StartContainer", s))
+        call(
+            &self.rt,
+            "StartContainer",
+            self.runtime.start_container(req),
+        )
+        .map(drop)
     }
 
     /// ExecSync: (exit code, stdout, stderr).
@@ -209,11 +209,7 @@ impl Cri {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: timeout_s,
         };
-        let r = self
-            .rt
-            .block_on(self.runtime.exec_sync(req))
-            .map_err(|s| status_msg("ExecSync", s))?
-            .into_inner();
+        let r = call(&self.rt, "ExecSync", self.runtime.exec_sync(req))?;
         Ok((
             r.exit_code,
             String::from_utf8_lossy(&r.stdout).into_owned(),
@@ -230,11 +226,11 @@ impl Cri {
             container_id: id.into(),
             verbose: true,
         };
-        let r = self
-            .rt
-            .block_on(self.runtime.container_status(req))
-            .map_err(|s| status_msg("ContainerStatus", s))?
-            .into_inner();
+        let r = call(
+            &self.rt,
+            "ContainerStatus",
+            self.runtime.container_status(req),
+        )?;
         let status = r.status.ok_or("ContainerStatus without status")?;
         let state =
             ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown);
@@ -247,11 +243,11 @@ impl Cri {
             pod_sandbox_id: pod_id.into(),
             verbose: false,
         };
-        let r = self
-            .rt
-            .block_on(self.runtime.pod_sandbox_status(req))
-            .map_err(|s| status_msg("PodSandboxStatus", s))?
-            .into_inner();
+        let r = call(
+            &self.rt,
+            "PodSandboxStatus",
+            self.runtime.pod_sandbox_status(req),
+        )?;
         Ok(r.status
             .and_then(|s| s.network)
             .map(|n| n.ip)
@@ -264,11 +260,11 @@ impl Cri {
             pod_sandbox_id: pod_id.into(),
             verbose: true,
         };
-        let r = self
-            .rt
-            .block_on(self.runtime.pod_sandbox_status(req))
-            .map_err(|s| status_msg("PodSandboxStatus", s))?
-            .into_inner();
+        let r = call(
+            &self.rt,
+            "PodSandboxStatus",
+            self.runtime.pod_sandbox_status(req),
+        )?;
         Ok(info_pid(&r.info))
     }
 
@@ -278,10 +274,12 @@ impl Cri {
             linux: Some(res),
             ..Default::default()
         };
-        self.rt
-            .block_on(self.runtime.update_container_resources(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("UpdateContainerResources", s))
+        call(
+            &self.rt,
+            "UpdateContainerResources",
+            self.runtime.update_container_resources(req),
+        )
+        .map(drop)
     }
 
     pub fn stop_container(&mut self, id: &str, timeout_s: i64) -> CriResult<()> {
@@ -289,68 +287,67 @@ impl Cri {
             container_id: id.into(),
             timeout: timeout_s,
         };
-        self.rt
-            .block_on(self.runtime.stop_container(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("StopContainer", s))
+        call(&self.rt, "StopContainer", self.runtime.stop_container(req)).map(drop)
     }
 
     pub fn remove_container(&mut self, id: &str) -> CriResult<()> {
         let req = cri::RemoveContainerRequest {
             container_id: id.into(),
         };
-        self.rt
-            .block_on(self.runtime.remove_container(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("RemoveContainer", s))
+        call(
+            &self.rt,
+            "RemoveContainer",
+            self.runtime.remove_container(req),
+        )
+        .map(drop)
     }
 
     pub fn stop_pod(&mut self, id: &str) -> CriResult<()> {
         let req = cri::StopPodSandboxRequest {
             pod_sandbox_id: id.into(),
         };
-        self.rt
-            .block_on(self.runtime.stop_pod_sandbox(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("StopPodSandbox", s))
+        call(
+            &self.rt,
+            "StopPodSandbox",
+            self.runtime.stop_pod_sandbox(req),
+        )
+        .map(drop)
     }
 
     pub fn remove_pod(&mut self, id: &str) -> CriResult<()> {
         let req = cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.into(),
         };
-        self.rt
-            .block_on(self.runtime.remove_pod_sandbox(req))
-            .map(|_| ())
-            .map_err(|s| status_msg("RemovePodSandbox", s))
+        call(
+            &self.rt,
+            "RemovePodSandbox",
+            self.runtime.remove_pod_sandbox(req),
+        )
+        .map(drop)
     }
 
     /// Ids of all pods and containers CRI knows.
     pub fn list(&mut self) -> CriResult<(Vec<String>, Vec<String>)> {
-        let pods = self
-            .rt
-            .block_on(
-                self.runtime
-                    .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }),
-            )
-            .map_err(|s| status_msg("ListPodSandbox", s))?
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
-        let ctrs = self
-            .rt
-            .block_on(
-                self.runtime
-                    .list_containers(cri::ListContainersRequest { filter: None }),
-            )
-            .map_err(|s| status_msg("ListContainers", s))?
-            .into_inner()
-            .containers
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let req = cri::ListPodSandboxRequest { filter: None };
+        let pods = call(
+            &self.rt,
+            "ListPodSandbox",
+            self.runtime.list_pod_sandbox(req),
+        )?
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+        let req = cri::ListContainersRequest { filter: None };
+        let ctrs = call(
+            &self.rt,
+            "ListContainers",
+            self.runtime.list_containers(req),
+        )?
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
         Ok((pods, ctrs))
     }
 }
