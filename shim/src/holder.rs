@@ -10,6 +10,20 @@ pub fn install(outer_rootfs: &Path) -> Result<()> {
     let target = outer_rootfs.join(crate::spec::HOLDER_PATH.trim_start_matches('/'));
     std::fs::create_dir_all(outer_rootfs).map_err(Error::io("create outer rootfs"))?;
     std::fs::write(&target, HOLDER).map_err(Error::io(format!("write {}", target.display())))?;
+    release_pages();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
         .map_err(Error::io("chmod holder"))
+}
+
+/// Drops the holder's pages from the shim's resident set after the copy: they are file-backed
+/// and read-only (the page cache keeps them), and a shim per pod should stay small.
+fn release_pages() {
+    let page = 4096usize;
+    let start = (HOLDER.as_ptr() as usize).div_ceil(page) * page;
+    let end = (HOLDER.as_ptr() as usize + HOLDER.len()) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside HOLDER, a read-only file-backed mapping; after
+        // MADV_DONTNEED its pages fault in again from the file if they are read.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
