@@ -2,13 +2,14 @@
 # Benchmarks UMS live migration against plain runc+CRIU baselines on the test bed (issue 4).
 # Usage (root): hack/bench.sh [--sizes 0,64,128,...] [--procs 1,2,4,8] [--reps N]
 #                             [--rate 1gbit|off] [--methods ums,stop-and-copy,page-server]
-#                             [--child-mib M] [--keep]
+#                             [--child-mib M] [--sync-mib 512] [--link-reps 3] [--keep]
 # Installs what it needs (hack/install-deps.sh; rsync and openssh for the stop-and-copy
 # baseline), builds the workspace (release) and the static workloads, brings the test bed up
 # (hack/testbed.sh up [--rate], UMS_BIN_DIR=target/release), runs ums-bench (bench/README.md),
-# which writes bench/results/<time>-<rate>.json, bench/results/latest.md and the PNG plots,
-# and tears the test bed down unless --keep. Defaults: --sizes 0,128 --procs 1 --reps 3, all
-# three methods, the link left unshaped.
+# which first probes the link (raw TCP with tcpblast and the criu-sync binary streaming
+# --sync-mib MiB, alternated --link-reps times), writes bench/results/<time>-<rate>.json,
+# bench/results/latest.md and the PNG plots, and tears the test bed down unless --keep.
+# Defaults: --sizes 0,128 --procs 1 --reps 3, all three methods, the link left unshaped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -17,10 +18,10 @@ keep=0 rate=off args=()
 cmdline="hack/bench.sh $*"
 while [ $# -gt 0 ]; do
   case $1 in
-    --sizes|--procs|--reps|--methods|--child-mib) args+=("$1" "$2"); shift 2 ;;
+    --sizes|--procs|--reps|--methods|--child-mib|--sync-mib|--link-reps) args+=("$1" "$2"); shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

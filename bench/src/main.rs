@@ -3,6 +3,7 @@
 //! Driven by hack/bench.sh (which installs, builds and brings the test bed up).
 
 mod criu_stats;
+mod link;
 mod methods;
 mod plot;
 mod record;
@@ -12,8 +13,7 @@ mod sys;
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use clap::Parser;
 
@@ -59,6 +59,13 @@ struct Cli {
     /// Only re-render the table and plots of an existing result file.
     #[arg(long)]
     render: Option<PathBuf>,
+    /// MiB of random pages-1.img the link probe streams a->b with the criu-sync binary
+    /// (tmpfs both sides), next to raw TCP (tcpblast); 0: raw TCP only.
+    #[arg(long, default_value_t = 512)]
+    sync_mib: u64,
+    /// Repetitions of the link probe (raw TCP and criu-sync alternated; medians reported).
+    #[arg(long, default_value_t = 3)]
+    link_reps: u32,
     /// The command line to record in the result (hack/bench.sh passes its own).
     #[arg(long, default_value = "")]
     command: String,
@@ -97,31 +104,6 @@ fn machine(load_start: bool) -> report::Machine {
         },
         loadavg_end: if load_start { String::new() } else { load },
     }
-}
-
-/// Raw TCP a->b with tcpblast (2 s), MB/s.
-fn raw_tcp(wl: &std::path::Path, ns_a: &str, ns_b: &str, ip_b: &str) -> Option<f64> {
-    let blast = wl.join("tcpblast").to_string_lossy().into_owned();
-    let addr = format!("{ip_b}:5299");
-    let mut recv = sys::in_netns(ns_b, &blast)
-        .args(["recv", "--listen", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let send =
-        sys::run(sys::in_netns(ns_a, &blast).args(["send", "--to", &addr, "--seconds", "2"]));
-    if send.is_err() {
-        let _ = recv.kill();
-    }
-    let out = recv.wait_with_output().ok()?;
-    let s = String::from_utf8_lossy(&out.stdout);
-    // "recv <bytes> bytes in <secs> s = <MB/s> MB/s (...)"
-    let f: Vec<&str> = s.split_whitespace().collect();
-    let i = f.iter().position(|x| *x == "=")?;
-    f.get(i + 1)?.parse().ok()
 }
 
 fn write_outputs(f: &mut BenchFile, out: &std::path::Path, stem: &str) -> Result<(), String> {
@@ -252,10 +234,36 @@ fn main() {
             }
         }
     }
-    f.raw_tcp_mb_s = raw_tcp(&wl, &ctx.ns_a, &ctx.ns_b, &ctx.ip_b);
+    let probe = link::probe(
+        &wl.join("tcpblast"),
+        &ctx.bin_dir.join("criu-sync"),
+        &ctx.ns_a,
+        &ctx.ns_b,
+        &ctx.ip_b,
+        std::path::Path::new("/dev/shm/ums-bench-link"),
+        cli.sync_mib,
+        cli.link_reps,
+        2,
+    );
+    let med = |v: &[f64]| stats::summarize(v).map(|s| s.median);
+    f.raw_tcp_mb_s = med(&probe.raw_tcp_mb_s);
+    f.criu_sync_mb_s = med(&probe.criu_sync_mb_s);
+    f.link = report::LinkProbe {
+        raw_tcp_mb_s: probe.raw_tcp_mb_s,
+        criu_sync_mb_s: probe.criu_sync_mb_s,
+        criu_sync_mib: cli.sync_mib,
+        error: probe.error,
+    };
+    let show = |x: Option<f64>| x.map_or("?".into(), |x| format!("{x:.0}"));
     eprintln!(
-        "ums-bench: link {rate}, raw TCP a->b {} MB/s",
-        f.raw_tcp_mb_s.map_or("?".into(), |x| format!("{x:.0}"))
+        "ums-bench: link {rate}, raw TCP a->b {} MB/s, criu-sync a->b ({} MiB) {} MB/s{}",
+        show(f.raw_tcp_mb_s),
+        cli.sync_mib,
+        show(f.criu_sync_mb_s),
+        f.link
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!(" ({e})"))
     );
     let total = cli.procs.len() * cli.sizes.len() * cli.reps as usize * cli.methods.len();
     let mut n = 0;
