@@ -369,14 +369,7 @@ impl Container {
         }
         // runc's kill --all thaws the cgroup after signalling; resume only if it did not.
         self.runc.kill(SERVICE, libc::SIGKILL as u32, true).await?;
-        if self
-            .runc
-            .state(SERVICE)
-            .await
-            .is_ok_and(|s| s.status == "paused")
-        {
-            self.runc.resume(SERVICE).await?;
-        }
+        self.runc.resume_if_paused(SERVICE).await?;
         self.outgoing = None;
         info!(
             "{}: migration {migration_id} committed, service ended here",

@@ -378,15 +378,7 @@ impl RestoreJob<'_> {
             )
             .await?;
         // The service was dumped frozen: CRIU restores the freezer state too.
-        if self
-            .runc
-            .state(SERVICE)
-            .await
-            .map(|s| s.status == "paused")
-            .unwrap_or(false)
-        {
-            self.runc.resume(SERVICE).await?;
-        }
+        self.runc.resume_if_paused(SERVICE).await?;
         info!(
             "migration {}: service restored (pid {pid}) in {:?}",
             self.migration_id,

@@ -260,6 +260,14 @@ impl Runc {
         self.run(&["resume", id]).await.map(drop)
     }
 
+    /// Resumes a container only if runc sees it paused (some operations thaw it already).
+    pub async fn resume_if_paused(&self, id: &str) -> Result<()> {
+        if self.state(id).await.is_ok_and(|s| s.status == "paused") {
+            self.resume(id).await?;
+        }
+        Ok(())
+    }
+
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let out = self.run(&["ps", "--format", "json", id]).await?;
         serde_json::from_slice::<Option<Vec<i32>>>(&out)

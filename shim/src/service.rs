@@ -30,7 +30,7 @@ use crate::{
     migration_service,
     oom::OomWatcher,
     pids::{Owner, PidTable, Role},
-    process::timestamp,
+    process::{timestamp, Exit},
     runc::CheckpointOpts,
     stdio::IoPaths,
 };
@@ -102,6 +102,32 @@ impl Inner {
         }
     }
 
+    fn register_service(self: &Arc<Self>, pid: i32, container: &str, exec_id: &str) {
+        let role = Role::Service {
+            exec_id: exec_id.to_string(),
+        };
+        self.register(pid, container, role);
+    }
+
+    /// TaskExit of the init (`exec_id` empty: reported with the task pid) or of an exec.
+    async fn publish_exit(&self, container: &str, exec_id: &str, pid: i32, exit: Exit) {
+        self.events
+            .publish(TaskExit {
+                container_id: container.to_string(),
+                id: if exec_id.is_empty() {
+                    container
+                } else {
+                    exec_id
+                }
+                .to_string(),
+                pid: pid as u32,
+                exit_status: exit.code,
+                exited_at: MessageField::some(exit.timestamp()),
+                ..Default::default()
+            })
+            .await;
+    }
+
     fn watch_oom(self: &Arc<Self>, container: &str, outer_pid: i32) {
         let mut watcher = match OomWatcher::new(outer_pid) {
             Ok(w) => w,
@@ -160,16 +186,7 @@ impl Inner {
                 } else {
                     pid
                 };
-                self.events
-                    .publish(TaskExit {
-                        container_id: id.clone(),
-                        id: if exec_id.is_empty() { id } else { exec_id },
-                        pid: event_pid as u32,
-                        exit_status: exit.code,
-                        exited_at: MessageField::some(exit.timestamp()),
-                        ..Default::default()
-                    })
-                    .await;
+                self.publish_exit(&id, &exec_id, event_pid, exit).await;
             }
         }
     }
@@ -235,14 +252,9 @@ impl Task for TaskService {
             .insert(req.id.clone(), Arc::new(AsyncMutex::new(c)));
         self.inner.register(outer_pid, &req.id, Role::Outer);
         self.inner.watch_oom(&req.id, outer_pid);
+        // 0: a migration's destination, whose service appears at Start.
         if init_pid > 0 {
-            self.inner.register(
-                init_pid,
-                &req.id,
-                Role::Service {
-                    exec_id: String::new(),
-                },
-            );
+            self.inner.register_service(init_pid, &req.id, "");
         }
         let address_file = std::path::Path::new(&req.bundle).join("ums/migration.address");
         if let Err(e) = tokio::fs::write(&address_file, migration_service::address()).await {
@@ -282,16 +294,11 @@ impl Task for TaskService {
             }
         }
         let mut c = c.lock().await;
-        let restoring = req.exec_id.is_empty() && c.incoming.is_some();
+        // Execs, and a restored service, get their pid only now.
+        let new_pid = !req.exec_id.is_empty() || c.incoming.is_some();
         let pid = c.start(&req.exec_id).await?;
-        if restoring {
-            self.inner.register(
-                pid,
-                &req.id,
-                Role::Service {
-                    exec_id: String::new(),
-                },
-            );
+        if new_pid {
+            self.inner.register_service(pid, &req.id, &req.exec_id);
         }
         let pid = if req.exec_id.is_empty() {
             self.inner
@@ -304,13 +311,6 @@ impl Task for TaskService {
                 .await;
             c.outer_pid
         } else {
-            self.inner.register(
-                pid,
-                &req.id,
-                Role::Service {
-                    exec_id: req.exec_id.clone(),
-                },
-            );
             self.inner
                 .events
                 .publish(TaskExecStarted {
@@ -385,15 +385,7 @@ impl Task for TaskService {
             c.kill_outer();
             let exit = c.init.set_exited(128 + req.signal as i32);
             self.inner
-                .events
-                .publish(TaskExit {
-                    container_id: req.id.clone(),
-                    id: req.id.clone(),
-                    pid: c.outer_pid as u32,
-                    exit_status: exit.code,
-                    exited_at: MessageField::some(exit.timestamp()),
-                    ..Default::default()
-                })
+                .publish_exit(&req.id, "", c.outer_pid, exit)
                 .await;
             return Ok(Empty::new());
         }
