@@ -261,6 +261,19 @@ impl Ctr {
         self.cmd_timeout(&["containers", "delete", id], Duration::from_secs(15));
     }
 
+    /// The arguments of `ctr run --rm` of `args` on a `--rootfs` dir with this ctr's runtime.
+    fn run_rm_args(&self, id: &str, rootfs: &Path, args: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into(), "--rm".into()];
+        a.extend(self.runtime_args());
+        a.extend([
+            "--rootfs".into(),
+            rootfs.to_string_lossy().into_owned(),
+            id.into(),
+        ]);
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    }
+
     /// `ctr run --rm` (attached, ctr waits for the exit and returns its code), stdin from `input`.
     pub fn run_rm(
         &self,
@@ -270,12 +283,8 @@ impl Ctr {
         args: &[&str],
         timeout: Duration,
     ) -> Output {
-        let rootfs = rootfs.to_string_lossy().into_owned();
-        let rt = self.runtime_args();
-        let mut a: Vec<&str> = vec!["run", "--rm"];
-        a.extend(rt.iter().map(String::as_str));
-        a.extend_from_slice(&["--rootfs", &rootfs, id]);
-        a.extend_from_slice(args);
+        let owned = self.run_rm_args(id, rootfs, args);
+        let a: Vec<&str> = owned.iter().map(String::as_str).collect();
         self.cmd_full(&a, input, timeout)
     }
 
@@ -291,12 +300,8 @@ impl Ctr {
         timeout: Duration,
     ) -> Output {
         use std::os::unix::process::CommandExt;
-        let rootfs = rootfs.to_string_lossy().into_owned();
-        let rt = self.runtime_args();
-        let mut a: Vec<&str> = vec!["run", "--rm"];
-        a.extend(rt.iter().map(String::as_str));
-        a.extend_from_slice(&["--rootfs", &rootfs, id]);
-        a.extend_from_slice(args);
+        let owned = self.run_rm_args(id, rootfs, args);
+        let a: Vec<&str> = owned.iter().map(String::as_str).collect();
         let out_p = util::scratch_path("stdin-out");
         let err_p = util::scratch_path("stdin-err");
         let mut c = self.command();
