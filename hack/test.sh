@@ -41,15 +41,17 @@ sweep() {
     "$SWEEP" || log "sweep reported problems (see above)"
   fi
 }
-# The test-bed tests' own test bed (keep in sync with tests/tests/testbed/common.rs): removed
-# if a killed run left it, unless a run of the test binary holds its lock.
-TESTBED_ENV=(UMS_TESTBED_NETNS_PREFIX=umst UMS_TESTBED_DIR=/run/umst UMS_BIN_DIR="$ROOT/target/debug")
+# The test-bed tests' own test bed (keep in sync with tests/tests/testbed/common.rs: prefix
+# $UMS_TESTBED_TEST_PREFIX, default umst, dir /run/<prefix>): removed if a killed run left it,
+# unless a run of the test binary holds its lock.
+TB=${UMS_TESTBED_TEST_PREFIX:-umst}
+TESTBED_ENV=(UMS_TESTBED_NETNS_PREFIX="$TB" UMS_TESTBED_DIR="/run/$TB" UMS_BIN_DIR="$ROOT/target/debug")
 testbed_down() {
-  if [ -e /run/umst ] || [ -e /run/netns/umst-a ] || [ -e /run/netns/umst-b ]; then
-    if flock -n /run/umst.run.lock true; then
-      env "${TESTBED_ENV[@]}" "$ROOT/hack/testbed.sh" down || log "hack/testbed.sh down of /run/umst reported problems"
+  if [ -e "/run/$TB" ] || [ -e "/run/netns/$TB-a" ] || [ -e "/run/netns/$TB-b" ]; then
+    if flock -n "/run/$TB.run.lock" true; then
+      env "${TESTBED_ENV[@]}" "$ROOT/hack/testbed.sh" down || log "hack/testbed.sh down of /run/$TB reported problems"
     else
-      log "/run/umst is in use by a running test binary: left alone"
+      log "/run/$TB is in use by a running test binary: left alone"
     fi
   fi
 }
@@ -103,7 +105,7 @@ if ! timeout --kill-after=30 "$TIMEOUT" \
   fi
 fi
 
-log "test-bed integration tests: cargo test -p ums-tests --test testbed (test bed umst-a/umst-b, /run/umst)"
+log "test-bed integration tests: cargo test -p ums-tests --test testbed (test bed $TB-a/$TB-b, /run/$TB)"
 testbed_down
 if ! timeout --kill-after=30 "$TESTBED_TIMEOUT" \
   cargo test -p ums-tests --no-fail-fast --test testbed -- --test-threads=1 "${filter[@]}" \

@@ -13,12 +13,15 @@ use serde_json::Value;
 use ums_tests::testbed::{Bed, Migration, System};
 use ums_tests::{criu_check, util, wait_for, Output};
 
-/// The private test bed: namespaces `umst-a`/`umst-b`, base dir /run/umst (short: unix socket
-/// paths live below it).
-pub const PREFIX: &str = "umst";
-pub const DIR: &str = "/run/umst";
-/// Held for the whole run: two runs of this binary would share the test bed.
-const RUN_LOCK: &str = "/run/umst.run.lock";
+/// The private test bed: namespaces `<prefix>-a`/`<prefix>-b`, base dir /run/<prefix> (short:
+/// unix socket paths live below it). The prefix is `umst` unless `UMS_TESTBED_TEST_PREFIX` names
+/// another, so that two checkouts can run this binary at once, each on its own test bed.
+fn prefix() -> String {
+    std::env::var("UMS_TESTBED_TEST_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "umst".into())
+}
 pub const NS: &str = "default";
 pub const MIB: u64 = 1024 * 1024;
 
@@ -105,12 +108,14 @@ fn bring_up() -> Result<(), String> {
         other => return Err(format!("nsenter (util-linux) is not usable: {other:?}")),
     }
     take_run_lock()?;
-    let bed = BED.get_or_init(|| Bed::new(PREFIX, Path::new(DIR), &bins));
+    let prefix = prefix();
+    let dir = PathBuf::from(format!("/run/{prefix}"));
+    let bed = BED.get_or_init(|| Bed::new(&prefix, &dir, &bins));
     unsafe {
         libc::atexit(tear_down);
     }
     say(format!(
-        "bringing up the test bed {} (namespaces {PREFIX}-a/{PREFIX}-b, binaries {})",
+        "bringing up the test bed {} (namespaces {prefix}-a/{prefix}-b, binaries {})",
         bed.dir.display(),
         bins.display()
     ));
@@ -124,22 +129,23 @@ fn bring_up() -> Result<(), String> {
     Ok(())
 }
 
-/// An exclusive lock on [`RUN_LOCK`], held until the process exits (waits up to 10 minutes for
-/// another run to finish).
+/// An exclusive lock on /run/<prefix>.run.lock, held until the process exits (waits up to 10
+/// minutes for another run on the same test bed to finish).
 fn take_run_lock() -> Result<(), String> {
     static LOCK: OnceLock<std::fs::File> = OnceLock::new();
+    let lock_path = format!("/run/{}.run.lock", prefix());
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(RUN_LOCK)
-        .map_err(|e| format!("opening {RUN_LOCK}: {e}"))?;
+        .open(&lock_path)
+        .map_err(|e| format!("opening {lock_path}: {e}"))?;
     let got = wait_for(Duration::from_secs(600), Duration::from_millis(500), || {
         (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(())
     });
     if got.is_none() {
         return Err(format!(
-            "another run of this test binary holds {RUN_LOCK} (10 minutes)"
+            "another run of this test binary holds {lock_path} (10 minutes)"
         ));
     }
     let _ = LOCK.set(f);
