@@ -231,9 +231,18 @@ mod tests {
         let (out, edit) = install_ok(text);
         assert_eq!(edit, Edit::Updated);
         assert!(out.contains("version = 2 # keep\n"), "{out}");
-        assert!(out.contains("pod_annotations = [ 'io.ums.*' ] # mine"), "{out}");
-        assert!(out.contains("privileged_without_host_devices = true"), "{out}");
-        assert!(out.contains("runtime_type = \"io.containerd.ums.v1\""), "{out}");
+        assert!(
+            out.contains("pod_annotations = [ 'io.ums.*' ] # mine"),
+            "{out}"
+        );
+        assert!(
+            out.contains("privileged_without_host_devices = true"),
+            "{out}"
+        );
+        assert!(
+            out.contains("runtime_type = \"io.containerd.ums.v1\""),
+            "{out}"
+        );
         assert_eq!(install_ok(&out), (out.clone(), Edit::Unchanged));
     }
 
@@ -253,20 +262,30 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_edit() {
         let p = Path::new(P);
-        assert!(matches!(install(p, "root = '/x'\n"), Err(Error::NoVersion { .. })));
+        assert!(matches!(
+            install(p, "root = '/x'\n"),
+            Err(Error::NoVersion { .. })
+        ));
         assert!(matches!(
             install(p, "version = 4\n"),
             Err(Error::UnsupportedVersion { version: 4, .. })
         ));
-        assert!(matches!(install(p, "version = \n"), Err(Error::Parse { .. })));
-        let inline = "version = 2\n[plugins]\n\"io.containerd.grpc.v1.cri\" = { containerd = {} }\n";
+        assert!(matches!(
+            install(p, "version = \n"),
+            Err(Error::Parse { .. })
+        ));
+        let inline =
+            "version = 2\n[plugins]\n\"io.containerd.grpc.v1.cri\" = { containerd = {} }\n";
         assert!(matches!(install(p, inline), Err(Error::NotATable { .. })));
     }
 
     #[test]
     fn snippet_is_the_runtime_table_alone() {
         let s = snippet(ConfigVersion::V3);
-        assert!(s.starts_with("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.ums]\n"), "{s}");
+        assert!(
+            s.starts_with("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.ums]\n"),
+            "{s}"
+        );
         assert!(!s.contains("version"), "{s}");
     }
 }

@@ -12,7 +12,8 @@ use crate::Error;
 
 /// The k3s template that expands to k3s's stock config.
 pub const BASE: &str = "{{ template \"base\" . }}";
-pub const BEGIN: &str = "# BEGIN ums runtime (added by ums-node-installer; `ums-node-installer uninstall` removes it)";
+pub const BEGIN: &str =
+    "# BEGIN ums runtime (added by ums-node-installer; `ums-node-installer uninstall` removes it)";
 pub const END: &str = "# END ums runtime";
 
 /// The config version a template renders, from its name (k3s's own naming).
@@ -100,7 +101,10 @@ pub fn uninstall(path: &Path, text: &str) -> Result<(Option<String>, Edit), Erro
     };
     let before = &text[..s];
     // The blank line the install put before the block goes with it.
-    let before = before.strip_suffix('\n').filter(|b| b.ends_with('\n')).unwrap_or(before);
+    let before = before
+        .strip_suffix('\n')
+        .filter(|b| b.ends_with('\n'))
+        .unwrap_or(before);
     let out = format!("{before}{}", &text[e..]);
     if out.trim() == BASE {
         return Ok((None, Edit::Removed));
@@ -131,9 +135,15 @@ mod tests {
     fn new_template_is_base_plus_block_and_goes_away_again() {
         let (t, edit) = install(p(), None, ConfigVersion::V3).unwrap();
         assert_eq!(edit, Edit::Added);
-        assert!(t.starts_with("{{ template \"base\" . }}\n\n# BEGIN ums runtime"), "{t}");
+        assert!(
+            t.starts_with("{{ template \"base\" . }}\n\n# BEGIN ums runtime"),
+            "{t}"
+        );
         assert!(t.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.ums]\n"));
-        assert_eq!(install(p(), Some(&t), ConfigVersion::V3).unwrap(), (t.clone(), Edit::Unchanged));
+        assert_eq!(
+            install(p(), Some(&t), ConfigVersion::V3).unwrap(),
+            (t.clone(), Edit::Unchanged)
+        );
         assert_eq!(uninstall(p(), &t).unwrap(), (None, Edit::Removed));
     }
 
@@ -144,13 +154,25 @@ mod tests {
         let (t, edit) = install(path, Some(own), ConfigVersion::V2).unwrap();
         assert_eq!(edit, Edit::Added);
         assert!(t.starts_with(own), "{t}");
-        assert_eq!(install(path, Some(&t), ConfigVersion::V2).unwrap(), (t.clone(), Edit::Unchanged));
+        assert_eq!(
+            install(path, Some(&t), ConfigVersion::V2).unwrap(),
+            (t.clone(), Edit::Unchanged)
+        );
         // A block of another version is rewritten in place.
         let (v3, edit) = install(path, Some(&t), ConfigVersion::V3).unwrap();
         assert_eq!(edit, Edit::Updated);
-        assert!(v3.starts_with(own) && v3.contains("io.containerd.cri.v1.runtime"), "{v3}");
-        assert_eq!(uninstall(path, &t).unwrap(), (Some(own.to_string()), Edit::Removed));
-        assert_eq!(uninstall(path, own).unwrap(), (Some(own.to_string()), Edit::Unchanged));
+        assert!(
+            v3.starts_with(own) && v3.contains("io.containerd.cri.v1.runtime"),
+            "{v3}"
+        );
+        assert_eq!(
+            uninstall(path, &t).unwrap(),
+            (Some(own.to_string()), Edit::Removed)
+        );
+        assert_eq!(
+            uninstall(path, own).unwrap(),
+            (Some(own.to_string()), Edit::Unchanged)
+        );
     }
 
     #[test]

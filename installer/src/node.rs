@@ -55,7 +55,11 @@ impl HostExec {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut all = self.prefix.iter().map(String::as_str).chain(args.iter().copied());
+        let mut all = self
+            .prefix
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied());
         // `args` is never empty: every caller names a program.
         let mut cmd = Command::new(all.next().unwrap_or_default());
         cmd.args(all);
@@ -113,12 +117,12 @@ impl Target {
         let generated = root.join(&dir.join("config.toml"));
         match fs::read_to_string(&generated) {
             Ok(text) => {
-                let doc = text
-                    .parse::<toml_edit::DocumentMut>()
-                    .map_err(|source| Error::Parse {
-                        path: generated.clone(),
-                        source,
-                    })?;
+                let doc =
+                    text.parse::<toml_edit::DocumentMut>()
+                        .map_err(|source| Error::Parse {
+                            path: generated.clone(),
+                            source,
+                        })?;
                 let name = match ConfigVersion::of(&doc, &generated)? {
                     ConfigVersion::V2 => "config.toml.tmpl",
                     ConfigVersion::V3 => "config-v3.toml.tmpl",
@@ -309,7 +313,12 @@ fn make_link(root: &HostRoot, link: &Path, target: &Path) -> Result<(), Error> {
     let _ = fs::remove_file(&tmp);
     symlink(target, &tmp)
         .and_then(|()| fs::rename(&tmp, &at))
-        .map_err(|e| Error::io(format!("linking {} to {}", link.display(), target.display()), e))
+        .map_err(|e| {
+            Error::io(
+                format!("linking {} to {}", link.display(), target.display()),
+                e,
+            )
+        })
 }
 
 /// Removes what [`install_files`] put on the host: the links that point into [`INSTALL_DIR`],
@@ -350,8 +359,14 @@ mod tests {
     #[test]
     fn host_root_joins_host_paths() {
         let r = HostRoot::new("/host");
-        assert_eq!(r.join(Path::new("/etc/containerd/config.toml")), Path::new("/host/etc/containerd/config.toml"));
-        assert_eq!(HostRoot::new("/").join(Path::new("/opt/ums")), Path::new("/opt/ums"));
+        assert_eq!(
+            r.join(Path::new("/etc/containerd/config.toml")),
+            Path::new("/host/etc/containerd/config.toml")
+        );
+        assert_eq!(
+            HostRoot::new("/").join(Path::new("/opt/ums")),
+            Path::new("/opt/ums")
+        );
     }
 
     #[test]
@@ -371,7 +386,12 @@ mod tests {
         let h = HostExec::new(vec!["env".into(), "-i".into()]);
         assert_eq!(h.output(&["echo", "hi"]).unwrap(), "hi\n");
         assert!(!h.succeeds(&["false"]).unwrap());
-        let e = h.output(&["sh", "-c", "echo nope >&2; exit 3"]).unwrap_err();
-        assert!(e.to_string().contains("nope") && e.to_string().contains("env -i sh -c"), "{e}");
+        let e = h
+            .output(&["sh", "-c", "echo nope >&2; exit 3"])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("nope") && e.to_string().contains("env -i sh -c"),
+            "{e}"
+        );
     }
 }

@@ -84,6 +84,18 @@ impl Cri {
             .unwrap_or_default())
     }
 
+    /// One entry of the verbose Status info (`crictl info`), parsed: e.g. "config", the CRI
+    /// plugin's effective config.
+    pub fn info(&mut self, key: &str) -> CriResult<serde_json::Value> {
+        let req = cri::StatusRequest { verbose: true };
+        let resp = call(&self.rt, "Status", self.runtime.status(req))?;
+        let raw = resp
+            .info
+            .get(key)
+            .ok_or_else(|| format!("no {key:?} in the Status info: {:?}", resp.info.keys()))?;
+        serde_json::from_str(raw).map_err(|e| format!("Status info {key:?} is not JSON: {e}"))
+    }
+
     /// Waits until CRI reports RuntimeReady and NetworkReady (the CNI config is loaded).
     pub fn wait_ready(&mut self, timeout: Duration) -> CriResult<()> {
         let deadline = std::time::Instant::now() + timeout;

@@ -50,7 +50,12 @@ struct ConfigArgs {
 #[derive(clap::Args)]
 struct NodeArgs {
     /// Where the host's / is mounted.
-    #[arg(long, value_name = "DIR", default_value = "/host", env = "UMS_HOST_ROOT")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/host",
+        env = "UMS_HOST_ROOT"
+    )]
     host_root: PathBuf,
     /// Command prefix that runs a command on the host (empty: run it here).
     #[arg(
@@ -62,7 +67,12 @@ struct NodeArgs {
     host_exec: String,
     /// The host's containerd config (a host path; `.tmpl`: a k3s template), or `auto`:
     /// k3s's template when the host runs k3s, /etc/containerd/config.toml otherwise.
-    #[arg(long, value_name = "PATH", default_value = "auto", env = "UMS_CONTAINERD_CONFIG")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "auto",
+        env = "UMS_CONTAINERD_CONFIG"
+    )]
     config: String,
     /// systemd unit to restart afterwards, `auto` (containerd, or k3s / k3s-agent) or `none`.
     #[arg(long, value_name = "UNIT", default_value = "auto", env = "UMS_RESTART")]
