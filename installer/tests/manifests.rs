@@ -175,7 +175,11 @@ fn every_manifest_is_a_valid_kubernetes_object_with_no_unknown_field() {
         3,
         "installer, uninstaller, coordinator"
     );
-    assert_eq!(m.pods.len(), 2, "the two examples");
+    assert_eq!(
+        m.pods.len(),
+        3,
+        "the examples: ums-counter, ums-outer-a, ums-outer-b"
+    );
 }
 
 #[test]
@@ -334,18 +338,30 @@ fn coordinator_uses_no_kubernetes_api_and_the_nodes_containerd_paths() {
         .secret
         .expect("the peer token is a Secret");
     assert_eq!(token.secret_name.as_deref(), Some("ums-peer-token"));
-    let tls = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find_map(|v| {
-            v.secret
-                .clone()
-                .filter(|s| s.secret_name.as_deref() == Some("ums-coordinator-tls"))
-        })
-        .expect("the TLS Secret is referenced");
-    assert!(mounts.iter().any(|m| m.mount_path == "/etc/ums/tls"));
-    assert_eq!(tls.optional, Some(true));
+    // TLS: certificate, key and CA from the TLS Secret; the probes speak HTTPS.
+    for f in ["tls-cert", "tls-key", "tls-ca"] {
+        let secret = volume(&flag(f))
+            .secret
+            .unwrap_or_else(|| panic!("--{f} is not on a Secret"));
+        assert_eq!(
+            secret.secret_name.as_deref(),
+            Some("ums-coordinator-tls"),
+            "--{f}"
+        );
+        assert_ne!(
+            secret.optional,
+            Some(true),
+            "--{f}: the coordinator cannot start without it"
+        );
+    }
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an HTTP probe");
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        assert_eq!(get.path.as_deref(), Some("/healthz"));
+    }
 
     // The Service selects the coordinators and serves their API port.
     let (_, svc) = m
@@ -382,30 +398,41 @@ fn coordinator_uses_no_kubernetes_api_and_the_nodes_containerd_paths() {
 }
 
 #[test]
-fn outer_image_pod_is_privileged_with_state_on_a_volume_and_no_runtime_class() {
+fn outer_image_pods_are_privileged_with_state_on_a_volume_and_no_runtime_class() {
     let m = load();
-    let spec = m.pod("ums-outer").spec.as_ref().unwrap();
-    assert!(privileged(spec));
+    for name in ["ums-outer-a", "ums-outer-b"] {
+        let spec = m.pod(name).spec.as_ref().unwrap();
+        assert!(privileged(spec), "{name}");
+        assert_eq!(
+            spec.runtime_class_name, None,
+            "{name}: any cluster runs it, UMS inside"
+        );
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some(ums_image().as_str()), "{name}");
+        // ums-outer keeps containerd's root and state under UMS_STATE (default /var/lib/ums).
+        let state = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/lib/ums")
+            .unwrap_or_else(|| panic!("{name}: no volume at /var/lib/ums"));
+        let vol = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == state.name)
+            .unwrap();
+        assert!(
+            vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some(),
+            "{name}: a real directory, not overlay"
+        );
+    }
+    let standby = m.pod("ums-outer-b").spec.as_ref().unwrap().containers[0]
+        .args
+        .clone();
     assert_eq!(
-        spec.runtime_class_name, None,
-        "it runs on any cluster, UMS inside"
-    );
-    let c = &spec.containers[0];
-    let state = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == "state")
-        .expect("a state volume");
-    let vol = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == state.name)
-        .unwrap();
-    assert!(
-        vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some(),
-        "a real directory, not overlay"
+        standby.unwrap_or_default().first().map(String::as_str),
+        Some("--standby")
     );
 }
 
