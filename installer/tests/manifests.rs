@@ -7,7 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, Pod, PodSpec, Service, ServiceAccount, Volume, VolumeMount,
+};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -158,6 +160,23 @@ fn node_selector() -> BTreeMap<String, String> {
     BTreeMap::from([(NODE_LABEL.0.to_string(), NODE_LABEL.1.to_string())])
 }
 
+/// The volume (and its mount) that holds `path` in the first container of `spec`.
+fn volume_at<'a>(spec: &'a PodSpec, path: &str) -> (&'a VolumeMount, &'a Volume) {
+    let mount = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(path).starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{path} is not on a volume"));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("no volume {} for {path}", mount.name));
+    (mount, volume)
+}
+
 fn privileged(spec: &PodSpec) -> bool {
     spec.containers
         .iter()
@@ -246,18 +265,8 @@ fn node_installer_is_privileged_with_the_host_root_and_pid_namespace() {
                 .and_then(|e| e.value.clone())
         };
         let root = env("UMS_HOST_ROOT").expect("UMS_HOST_ROOT");
-        let mount = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|v| v.mount_path == root)
-            .unwrap_or_else(|| panic!("{name}: nothing mounted at UMS_HOST_ROOT {root}"));
-        let vol = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .unwrap();
+        let (mount, vol) = volume_at(spec, &root);
+        assert_eq!(mount.mount_path, root, "{name}: UMS_HOST_ROOT is a mount");
         let host = vol.host_path.as_ref().expect("the host root is a hostPath");
         assert_eq!(
             host.path, "/",
@@ -304,35 +313,19 @@ fn coordinator_uses_no_kubernetes_api_and_the_nodes_containerd_paths() {
             .unwrap_or_else(|| panic!("no --{f}= in {args:?}"))
             .to_string()
     };
-    let mounts: Vec<_> = c.volume_mounts.iter().flatten().collect();
-    let volume = |path: &str| {
-        let m = mounts
-            .iter()
-            .find(|m| path.starts_with(&m.mount_path))
-            .unwrap_or_else(|| panic!("{path} is not on a volume"));
-        spec.volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == m.name)
-            .unwrap()
-            .clone()
-    };
+    let volume = |path: &str| volume_at(spec, path).1.clone();
     // Paths the coordinator hands to containerd and the shim are the same on the host.
     for path in [
         flag("containerd"),
         flag("containerd-state"),
         flag("state-dir"),
     ] {
-        let host = volume(&path).host_path.expect("a hostPath");
-        assert!(
-            path.starts_with(&host.path),
-            "{path} is not at the same path on the host"
+        let (mount, vol) = volume_at(spec, &path);
+        let host = vol.host_path.as_ref().expect("a hostPath");
+        assert_eq!(
+            mount.mount_path, host.path,
+            "{path}: mounted at its host path"
         );
-        let mount = mounts
-            .iter()
-            .find(|m| path.starts_with(&m.mount_path))
-            .unwrap();
-        assert_eq!(mount.mount_path, host.path, "mounted at its host path");
     }
     let token = volume(&flag("peer-token-file"))
         .secret
@@ -410,18 +403,7 @@ fn outer_image_pods_are_privileged_with_state_on_a_volume_and_no_runtime_class()
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some(ums_image().as_str()), "{name}");
         // ums-outer keeps containerd's root and state under UMS_STATE (default /var/lib/ums).
-        let state = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path == "/var/lib/ums")
-            .unwrap_or_else(|| panic!("{name}: no volume at /var/lib/ums"));
-        let vol = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == state.name)
-            .unwrap();
+        let (_, vol) = volume_at(spec, "/var/lib/ums");
         assert!(
             vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some(),
             "{name}: a real directory, not overlay"
