@@ -110,7 +110,12 @@ install_criu() {
   rm -rf "$build" && mkdir -p "$build"
   tar -xf "$tarball" -C "$build" --strip-components=1
   log "building $(basename "$tarball") (make criu)"
-  make -C "$build" -j"$(nproc)" criu >"$src/build.log" 2>&1 || die "CRIU build failed, see $src/build.log"
+  # CRIU compiles its build time into the binary unless SOURCE_DATE_EPOCH is set: the newest
+  # source file's time makes the build reproducible (the Dockerfile's CRIU stage makes the same file).
+  local epoch
+  epoch=$(find "$build" -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1)
+  SOURCE_DATE_EPOCH=$epoch make -C "$build" -j"$(nproc)" criu >"$src/build.log" 2>&1 ||
+    die "CRIU build failed, see $src/build.log"
   install -m 0755 "$build/criu/criu" /usr/local/sbin/criu
   hash -r
   criu_ok || die "built CRIU does not pass 'criu check': $(criu check 2>&1 | tail -3)"

@@ -89,6 +89,9 @@ ensure_mkimage() {
   fi
 }
 
+# apt-get update is told to take Release files past their Valid-Until date: mirrors that serve a
+# snapshot of Debian (as on our build machines) have them.
+
 # Runs "$@" (a command line for bash -c) in a private mount namespace with /proc, /dev and the
 # host's resolv.conf mounted into the chroot $1: nothing stays mounted, whatever happens.
 in_chroot() {
@@ -111,10 +114,9 @@ in_chroot() {
 # and downloaded archives, the build host's resolv.conf and hostname.
 clean_rootfs() {
   local r=$1
-  rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb \
-    "$r"/var/cache/apt/archives/partial/* "$r"/var/log/apt/eipp.log.xz
+  rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/* \
+    "$r"/var/log/apt/eipp.log.xz
   rm -f "$r/etc/resolv.conf" "$r/etc/hostname"
-  mkdir -p "$r/var/lib/apt/lists/partial"
 }
 
 # Step 1.
@@ -145,7 +147,7 @@ SRC
   rm -f "$tmp/etc/apt/sources.list"
   # Security and point-release updates of the base itself (what a current debian:bookworm has).
   mkdir -p "$CACHE/apt-archives"
-  in_chroot "$tmp" 'apt-get update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean' ||
+  in_chroot "$tmp" 'apt-get -o Acquire::Check-Valid-Until=false update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean' ||
     die "apt-get upgrade in the base failed"
   clean_rootfs "$tmp"
   echo "$BASE_RECIPE" >"$tmp/.ums-base-recipe"
@@ -156,12 +158,15 @@ SRC
 
 base_tarball() {
   local out=$WORK/debian-bookworm.tar
-  if [ -s "$out" ] && [ "$out" -nt "$BASE/.ums-base-recipe" ]; then return 0; fi
+  if [ -s "$out" ] && [ "$out" -nt "$BASE/.ums-base-recipe" ] && [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
+    return 0
+  fi
   mkdir -p "$WORK"
   # The marker file is ours, not Debian's: the tarball is made from a copy without it.
   rm -rf "$WORK/base-rootfs"
   cp -a "$BASE" "$WORK/base-rootfs"
   rm -f "$WORK/base-rootfs/.ums-base-recipe"
+  clean_rootfs "$WORK/base-rootfs"
   "$MKIMAGE" --rootfs "$WORK/base-rootfs" --name docker.io/library/debian:bookworm \
     --out "$out.part" --cmd bash >/dev/null || die "ums-mkimage of the base failed"
   mv "$out.part" "$out"
@@ -183,7 +188,7 @@ make_packages() {
   cp -a "$BASE" "$dir"
   rm -f "$dir/.ums-base-recipe"
   log "packages: apt-get install $(packages)"
-  in_chroot "$dir" "apt-get update -qq && apt-get install -y -qq --no-install-recommends $(packages) >/dev/null" ||
+  in_chroot "$dir" "apt-get -o Acquire::Check-Valid-Until=false update -qq && apt-get install -y -qq --no-install-recommends $(packages) >/dev/null" ||
     die "apt-get install in the image failed"
   clean_rootfs "$dir"
   touch "$dir/.ums-complete"
@@ -211,6 +216,7 @@ make_image() {
   rm -rf "$r"
   cp -a "$PKGS" "$r"
   rm -f "$r/.ums-complete"
+  clean_rootfs "$r"
   for b in containerd-shim-ums-v1 ums criu-sync; do
     install -m 0755 "$BIN_DIR/$b" "$r/usr/local/bin/$b"
     [ "$STRIP" = 1 ] && strip --strip-debug "$r/usr/local/bin/$b"
