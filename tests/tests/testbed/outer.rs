@@ -358,13 +358,7 @@ pub fn nested_counter_a_to_b(bed: &Bed) {
         "--token-file",
         "/etc/ums/token",
     ]);
-    let report = out
-        .stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .filter(|v| v.is_object());
-    let m = Migration { out, report };
+    let m = Migration::of(out);
     if !m.ok() {
         panic!(
             "ums migrate inside the outer container on a failed\n{}\n{}\n{}",
