@@ -5,6 +5,7 @@
 #   - containerd 2.1.x from Debian sid, unpacked into $UMS_CONTAINERD2_PREFIX (not on PATH)
 #   - CRIU >= 4.1 built from Debian's newer source package when `criu check` fails
 #   - fs.pipe-max-size raised for CRIU
+#   - debootstrap and buildah (the outer image's build and its Dockerfile check)
 set -euo pipefail
 
 UMS_CONTAINERD2_PREFIX=${UMS_CONTAINERD2_PREFIX:-/opt/ums/containerd2}
@@ -20,6 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 base_pkgs=(containerd runc iptables busybox-static containernetworking-plugins iproute2
   ca-certificates curl xz-utils kmod procps util-linux file)
+# The outer image: outer-image/build.sh (debootstrap), the Dockerfile check (buildah).
+outer_image_pkgs=(debootstrap buildah)
 criu_build_deps=(build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libprotobuf-dev libnl-3-dev libcap-dev libnet1-dev libbsd-dev libgnutls28-dev libaio-dev
   uuid-dev libnftables-dev)
@@ -107,7 +110,12 @@ install_criu() {
   rm -rf "$build" && mkdir -p "$build"
   tar -xf "$tarball" -C "$build" --strip-components=1
   log "building $(basename "$tarball") (make criu)"
-  make -C "$build" -j"$(nproc)" criu >"$src/build.log" 2>&1 || die "CRIU build failed, see $src/build.log"
+  # CRIU compiles its build time into the binary unless SOURCE_DATE_EPOCH is set: the newest
+  # source file's time makes the build reproducible (the Dockerfile's CRIU stage makes the same file).
+  local epoch
+  epoch=$(find "$build" -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1)
+  SOURCE_DATE_EPOCH=$epoch make -C "$build" -j"$(nproc)" criu >"$src/build.log" 2>&1 ||
+    die "CRIU build failed, see $src/build.log"
   install -m 0755 "$build/criu/criu" /usr/local/sbin/criu
   hash -r
   criu_ok || die "built CRIU does not pass 'criu check': $(criu check 2>&1 | tail -3)"
@@ -115,6 +123,7 @@ install_criu() {
 
 main() {
   apt_install "${base_pkgs[@]}"
+  apt_install "${outer_image_pkgs[@]}"
   install_containerd2
   install_criu
   # CRIU pipes pages through splice(); root here lacks CAP_SYS_RESOURCE to grow pipes past the limit.

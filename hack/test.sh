@@ -8,7 +8,7 @@
 #   5. test-bed integration tests (tests/tests/testbed): live migrations between two systems on
 #      the binary's own test bed (hack/testbed.sh with namespaces umst-a/umst-b, dir /run/umst),
 #      one at a time; the binary brings the test bed up and down, and it is torn down here too
-#      when a run was interrupted
+#      when a run was interrupted; the outer image (outer-image/build.sh) is built before them
 # Prints one summary line `summary: N passed, N failed` and exits non-zero when anything failed.
 #
 # Environment:
@@ -103,6 +103,16 @@ if ! timeout --kill-after=30 "$TIMEOUT" \
   if grep -q '^test result:' "$LOGDIR/integration.log"; then :; else
     log "the integration tests did not finish (timeout ${TIMEOUT}s or a crash); see $LOGDIR/integration.log"
   fi
+fi
+
+# The outer image of the test-bed test outer_image_* (debug binaries, stripped), built here so
+# that a first build (debootstrap of the cached Debian base, ~3 min) is not in its timeout.
+log "outer image for the test-bed tests: outer-image/build.sh (target/outer-image-test.tar)"
+if outer-image/build.sh --bin-dir target/debug --strip --out target/outer-image-test.tar \
+  --name localhost/ums/outer:test 2>&1 | tee "$LOGDIR/outer-image.log"; then
+  export UMS_OUTER_IMAGE=$ROOT/target/outer-image-test.tar
+else
+  log "outer-image/build.sh failed (see $LOGDIR/outer-image.log): the outer-image test will try again"
 fi
 
 log "test-bed integration tests: cargo test -p ums-tests --test testbed (test bed $TB-a/$TB-b, /run/$TB)"

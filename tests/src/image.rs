@@ -71,7 +71,7 @@ fn sha256_hex(b: &[u8]) -> String {
     h.finalize().iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A tar of `rootfs` with root ownership and fixed mtimes, entries sorted, paths relative ("bin/sh").
+/// A tar of `rootfs` with the files' owners and fixed mtimes, entries sorted, paths relative ("bin/sh").
 pub fn layer_tar(rootfs: &Path) -> io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
@@ -84,8 +84,10 @@ pub fn layer_tar(rootfs: &Path) -> io::Result<Vec<u8>> {
             let path = e.path();
             let md = fs::symlink_metadata(&path)?;
             let mut h = tar::Header::new_gnu();
-            h.set_uid(0);
-            h.set_gid(0);
+            // The files' owners (root in test rootfs; Debian's own, e.g. group shadow, in the
+            // outer image).
+            h.set_uid(md.uid().into());
+            h.set_gid(md.gid().into());
             h.set_mtime(0);
             h.set_mode(md.permissions().mode() & 0o7777);
             let ft = md.file_type();

@@ -316,7 +316,8 @@ pub struct Migration {
 }
 
 impl Migration {
-    fn of(out: util::Output) -> Migration {
+    /// The outcome of a `ums migrate --json` that ran (its last JSON object line is the report).
+    pub fn of(out: util::Output) -> Migration {
         let report = out
             .stdout
             .lines()

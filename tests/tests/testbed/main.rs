@@ -13,6 +13,7 @@
 
 mod common;
 mod failures;
+mod outer;
 mod scenarios;
 
 use common::with_bed;
@@ -75,4 +76,12 @@ fn refuse_second_migration() {
 #[test]
 fn refuse_bad_refs() {
     with_bed("refuse_bad_refs", failures::bad_refs);
+}
+
+#[test]
+fn outer_image_nested_counter_a_to_b() {
+    with_bed(
+        "outer_image_nested_counter_a_to_b",
+        outer::nested_counter_a_to_b,
+    );
 }
