@@ -19,7 +19,8 @@ die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
 base_pkgs=(containerd runc iptables busybox-static containernetworking-plugins iproute2
-  ca-certificates curl xz-utils kmod procps util-linux file)
+  ca-certificates curl xz-utils kmod procps util-linux file
+  openssl)  # openssl: the test bed's CA and coordinator certificates
 criu_build_deps=(build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libprotobuf-dev libnl-3-dev libcap-dev libnet1-dev libbsd-dev libgnutls28-dev libaio-dev
   uuid-dev libnftables-dev)

@@ -13,6 +13,7 @@
 
 mod common;
 mod failures;
+mod ops;
 mod scenarios;
 
 use common::with_bed;
@@ -75,4 +76,19 @@ fn refuse_second_migration() {
 #[test]
 fn refuse_bad_refs() {
     with_bed("refuse_bad_refs", failures::bad_refs);
+}
+
+#[test]
+fn ops_tls_migration() {
+    with_bed("ops_tls_migration", ops::tls_migration);
+}
+
+#[test]
+fn ops_auth_refused() {
+    with_bed("ops_auth_refused", ops::auth_refused);
+}
+
+#[test]
+fn ops_stream_token_bound() {
+    with_bed("ops_stream_token_bound", ops::stream_token_bound);
 }
