@@ -432,9 +432,9 @@ pub fn auth_refused(bed: &Bed) {
 
 /// Creates the destination of migration `mid` of `default/<id>` on B through its peer
 /// endpoint, as A would, with stream token `token`; returns the stream address.
-fn prepare_on_b(bed: &Bed, spec: &Value, mid: &str, id: &str, token: &str) -> String {
+fn prepare_on_b(bed: &Bed, spec: &Value, mid: &str, id: &str, stream_token: &str) -> String {
     let body = json!({"migration_id": mid, "ref": reference(id), "source": "a", "spec": spec,
-                      "image": BUSYBOX_IMAGE, "snapshotter": "overlayfs", "token": token});
+                      "image": BUSYBOX_IMAGE, "snapshotter": "overlayfs", "token": stream_token});
     let url = format!("{}/v1/migrations/incoming", bed.b.url);
     let (code, out) = curl(
         bed,
