@@ -20,7 +20,8 @@ die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
 base_pkgs=(containerd runc iptables busybox-static containernetworking-plugins iproute2
-  ca-certificates curl xz-utils kmod procps util-linux file)
+  ca-certificates curl xz-utils kmod procps util-linux file
+  openssl)  # openssl: the test bed's CA and coordinator certificates
 # The outer image: outer-image/build.sh (debootstrap), the Dockerfile check (buildah).
 outer_image_pkgs=(debootstrap buildah)
 criu_build_deps=(build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler

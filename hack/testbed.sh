@@ -22,7 +22,10 @@
 #   localhost/ums/pause:1, localhost/ums/memhog:1, localhost/ums/counter:1,
 #   localhost/ums/multiproc:1 (busybox + the static workload, entrypoint the workload).
 #   Coordinators (if $UMS_BIN_DIR/ums exists): `ums coordinator --listen <ip>:7400 ...` in each
-#   namespace, with the shared token /run/ums-testbed/token.
+#   namespace, with the shared token /run/ums-testbed/token, over TLS (https://<ip>:7400) with
+#   the certificates of /run/ums-testbed/tls/: ca.pem (the test bed's own CA, made once), a.pem /
+#   a.key and b.pem / b.key (each for its system's IP, signed by that CA). Clients: `ums ...
+#   --tls-ca tls/ca.pem --token-file token`, or the UMS_TLS_CA / UMS_TOKEN_FILE that `env` prints.
 #
 # Options of `up`:
 #   --rate RATE   shape the veth in both directions with tc tbf (e.g. 1gbit, 500mbit); `off`
@@ -44,6 +47,8 @@
 #   UMS_TESTBED_TBF_BURST   tbf burst for --rate (default 512k)
 #   UMS_TESTBED_NETNS_PREFIX  namespaces <prefix>-a/-b, veths veth-<prefix>-a/-b (default ums):
 #                           with another UMS_TESTBED_DIR, a second test bed next to the first
+#   UMS_TESTBED_TLS         0: coordinators on plain HTTP (default 1: TLS when `ums coordinator`
+#                           has --tls-cert)
 #
 # Why nsenter and not `ip netns exec`: `ip netns exec` also unshares the mount namespace and
 # remounts /sys, which hides /sys/fs/cgroup from containerd, runc and CRIU (checked on this
@@ -165,6 +170,47 @@ coordinator_pid() {
 cgroup_parent() { echo "/$PREFIX-testbed-$1"; }
 
 in_netns() { local s=$1; shift; nsenter --net="/run/netns/${NETNS[$s]}" -- "$@"; }
+
+# Whether the coordinators serve TLS: asked for (UMS_TESTBED_TLS, default 1) and supported by
+# this `ums`.
+tls_on() {
+  [ "${UMS_TESTBED_TLS:-1}" != 0 ] && [ -x "$BIN_DIR/ums" ] &&
+    "$BIN_DIR/ums" coordinator --help 2>/dev/null | grep -q -- '--tls-cert'
+}
+scheme() { if tls_on; then echo https; else echo http; fi; }
+TLS_DIR=$BASE/tls
+
+# The test bed's CA and a certificate per system for its IP (EC P-256), made once: kept while
+# they exist and verify against the CA, remade otherwise.
+ensure_certs() {
+  local s ip
+  command -v openssl >/dev/null || die "openssl not found (hack/install-deps.sh)"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  if [ ! -s "$TLS_DIR/ca.pem" ] || [ ! -s "$TLS_DIR/ca.key" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=UMS test bed CA ($PREFIX)" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+      >/dev/null 2>&1 || die "openssl: cannot make the test bed CA in $TLS_DIR"
+    rm -f "$TLS_DIR"/[ab].pem
+    log "made the test bed CA $TLS_DIR/ca.pem"
+  fi
+  for s in "${SYSTEMS[@]}"; do
+    ip=${IP[$s]}
+    if [ -s "$TLS_DIR/$s.pem" ] && [ -s "$TLS_DIR/$s.key" ] &&
+      openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/$s.pem" >/dev/null 2>&1 &&
+      openssl x509 -in "$TLS_DIR/$s.pem" -noout -ext subjectAltName 2>/dev/null | grep -qF "IP Address:$ip"; then
+      continue
+    fi
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=ums coordinator $s" -keyout "$TLS_DIR/$s.key" -out "$TLS_DIR/$s.csr" >/dev/null 2>&1 &&
+      printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$ip" >"$TLS_DIR/$s.ext" &&
+      openssl x509 -req -in "$TLS_DIR/$s.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$TLS_DIR/$s.ext" -out "$TLS_DIR/$s.pem" >/dev/null 2>&1 ||
+      die "openssl: cannot make the certificate of system $s in $TLS_DIR"
+    rm -f "$TLS_DIR/$s.csr" "$TLS_DIR/$s.ext"
+    log "made the certificate of system $s ($ip) $TLS_DIR/$s.pem"
+  done
+}
 
 listening() { # system $1 has a TCP listener on $IP:$PORT
   [ -n "$(in_netns "$1" ss -Hltn "sport = :$PORT" 2>/dev/null)" ]
@@ -385,6 +431,10 @@ start_coordinator() {
   if grep -q -- '--cgroup-parent' <<<"$help"; then
     extra+=(--cgroup-parent "$(cgroup_parent "$s")")
   fi
+  if tls_on; then
+    ensure_certs
+    extra+=(--tls-cert "$TLS_DIR/$s.pem" --tls-key "$TLS_DIR/$s.key" --tls-ca "$TLS_DIR/ca.pem")
+  fi
   echo "=== $(date -Is) testbed up: starting the coordinator" >>"$dir/coordinator.log"
   pid=$(detach "$dir/coordinator.log" nsenter --net="/run/netns/${NETNS[$s]}" -- \
     env PATH="$(daemon_path "$s")" "$BIN_DIR/ums" coordinator --listen "${IP[$s]}:$PORT" \
@@ -393,7 +443,7 @@ start_coordinator() {
   echo "$pid" >"$dir/coordinator.pid"
   for ((i = 0; i < 100; i++)); do
     if listening "$s"; then
-      log "system $s: coordinator (pid $pid) listening on http://${IP[$s]}:$PORT, log $dir/coordinator.log"
+      log "system $s: coordinator (pid $pid) listening on $(scheme)://${IP[$s]}:$PORT, log $dir/coordinator.log"
       return 0
     fi
     alive "$pid" || break
@@ -563,7 +613,7 @@ cmd_status() {
     fi
     pid=$(coordinator_pid "$s")
     if [ -n "$pid" ] && listening "$s"; then
-      st_up "coordinator" "pid $pid, http://${IP[$s]}:$PORT"
+      st_up "coordinator" "pid $pid, $(scheme)://${IP[$s]}:$PORT"
     elif [ -n "$pid" ]; then
       st_down "coordinator" "pid $pid not listening on ${IP[$s]}:$PORT"
     elif [ -x "$BIN_DIR/ums" ]; then
@@ -648,12 +698,15 @@ cmd_env() {
   q UMS_TESTBED_DIR "$BASE"
   q UMS_BIN_DIR "$BIN_DIR"
   q UMS_PEER_TOKEN_FILE "$BASE/token"
+  # Read by `ums migrate/ls/status` (--token-file, --tls-ca).
+  q UMS_TOKEN_FILE "$BASE/token"
+  if tls_on; then q UMS_TLS_CA "$TLS_DIR/ca.pem"; fi
   q UMS_TESTBED_RATE "$(cat "$BASE/rate" 2>/dev/null || echo off)"
   for s in "${SYSTEMS[@]}"; do
     S=${s^^}
     dir=$(sys_dir "$s")
     q "UMS_${S}_SOCK" "$dir/containerd.sock"
-    q "UMS_${S}_URL" "http://${IP[$s]}:$PORT"
+    q "UMS_${S}_URL" "$(scheme)://${IP[$s]}:$PORT"
     q "UMS_${S}_STATE" "$dir/state"
     q "UMS_${S}_ROOT" "$dir/root"
     q "UMS_${S}_CTR" "$(ctr_of "$s")"

@@ -264,6 +264,26 @@ pub struct PartialPhasesMs {
     pub post_migration: Option<u64>,
 }
 
+impl PartialPhasesMs {
+    /// The phases measured so far, in order, with their names.
+    pub fn measured(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("pre_migration", self.pre_migration),
+            ("checkpoint", self.checkpoint),
+            ("transfer", self.transfer),
+            ("restore", self.restore),
+            ("post_migration", self.post_migration),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect()
+    }
+}
+
+fn default_approach() -> String {
+    APPROACH.to_string()
+}
+
 /// The shim's own figures for the dump.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DumpFigures {
@@ -326,6 +346,9 @@ pub struct Record {
     pub migration_id: String,
     #[serde(rename = "ref")]
     pub container: String,
+    /// The approach (see [`APPROACH`]); records of older coordinators have none.
+    #[serde(default = "default_approach")]
+    pub approach: String,
     pub role: Role,
     /// The other coordinator: its URL (source side) or system name (destination side).
     pub peer: String,
@@ -421,7 +444,7 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -564,6 +587,7 @@ mod tests {
         let r = Record {
             migration_id: "m".into(),
             container: "default/web1".into(),
+            approach: APPROACH.into(),
             role: Role::Source,
             peer: "http://b".into(),
             phase: Phase::Checkpoint,
@@ -584,6 +608,8 @@ mod tests {
         assert_eq!(v["state"], "running");
         assert_eq!(v["role"], "source");
         assert_eq!(v["phases_ms"], json!({"pre_migration": 5}));
+        assert_eq!(v["approach"], "container-level");
+        assert_eq!(r.phases_ms.measured(), vec![("pre_migration", 5)]);
         assert!(v.get("error").is_none());
     }
 }

@@ -16,8 +16,10 @@ pub struct MigrateOptions {
     /// Give up following after this long (the migration itself goes on at the source).
     pub timeout: Duration,
     pub poll: Duration,
-    /// Sent as a bearer token (the client endpoints do not require one yet).
+    /// Sent as a bearer token (required when the coordinators have one).
     pub token: Option<String>,
+    /// Verifies https:// coordinators (their CA).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl MigrateOptions {
@@ -29,6 +31,7 @@ impl MigrateOptions {
             timeout: Duration::from_secs(1800),
             poll: Duration::from_millis(100),
             token: None,
+            tls: None,
         }
     }
 }
@@ -76,7 +79,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
     // Checked here too for a quick, local error.
     PeerUrl::parse(&opts.to)?;
     ContainerRef::parse(&opts.container)?;
-    let http = HttpClient::new(opts.token.clone());
+    let http = HttpClient::with_tls(opts.token.clone(), opts.tls.clone());
     let accepted: MigrateAccepted = http
         .post(
             &from.join("/v1/migrate"),
@@ -192,6 +195,7 @@ mod tests {
         let rec = Record {
             migration_id: "m-1".into(),
             container: "default/web1".into(),
+            approach: crate::api::APPROACH.into(),
             role: Role::Source,
             peer: "http://b".into(),
             phase: Phase::PreMigration,

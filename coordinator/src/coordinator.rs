@@ -29,8 +29,13 @@ pub struct Config {
     pub containerd_state: PathBuf,
     /// The coordinator's own files (the stdout/stderr logs of restored services).
     pub state_dir: PathBuf,
-    /// Shared secret between coordinators (bearer token); `None`: peer calls are not checked.
+    /// Shared secret between coordinators and their clients (bearer token, required on every
+    /// `/v1` endpoint); `None`: requests are not checked.
     pub peer_token: Option<String>,
+    /// Verifies the peers' certificates on https:// calls (from `--tls-ca`).
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The API is served over TLS (`--tls-cert`): reports name this coordinator https://.
+    pub https: bool,
     /// How long the source shim's Dump may take.
     pub dump_timeout: Duration,
     /// How long a destination keeps a prepared container that the source neither restores nor
@@ -59,6 +64,8 @@ impl Config {
             containerd_state,
             state_dir: PathBuf::from("/run/ums/coordinator").join(name),
             peer_token: None,
+            peer_tls: None,
+            https: false,
             dump_timeout: Duration::from_secs(600),
             incoming_timeout: Duration::from_secs(900),
             max_stream_bytes: 0,
@@ -84,7 +91,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(cfg: Config) -> Arc<Coordinator> {
-        let peers = HttpClient::new(cfg.peer_token.clone());
+        let peers = HttpClient::with_tls(cfg.peer_token.clone(), cfg.peer_tls.clone());
         Arc::new(Coordinator {
             cfg,
             registry: Registry::new(),
@@ -109,7 +116,8 @@ impl Coordinator {
         Containerd::connect(&self.cfg.containerd_socket).await
     }
 
-    /// Checks a peer's `Authorization` header value.
+    /// Checks an `Authorization` header value: none (or not a bearer token) is Unauthorized
+    /// (401), a token that is not ours Forbidden (403).
     pub fn authorize(&self, header: Option<&str>) -> Result<()> {
         let Some(expected) = &self.cfg.peer_token else {
             return Ok(());
@@ -117,15 +125,25 @@ impl Coordinator {
         let given = header
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
+            .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 Error::Unauthorized(
-                    "this endpoint needs the peer token (Authorization: Bearer)".into(),
+                    "this endpoint needs the coordinators' token (Authorization: Bearer)".into(),
                 )
             })?;
         if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {
-            Err(Error::Unauthorized("wrong peer token".into()))
+            Err(Error::Forbidden("wrong token".into()))
+        }
+    }
+
+    /// How clients reach this coordinator: `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.cfg.https {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -224,14 +242,13 @@ mod tests {
         c.peer_token = Some("s3cret".into());
         let co = Coordinator::new(c);
         assert!(co.authorize(Some("Bearer s3cret")).is_ok());
-        for bad in [
-            None,
-            Some("Bearer nope"),
-            Some("s3cret"),
-            Some("Basic s3cret"),
-        ] {
-            let e = co.authorize(bad).unwrap_err();
-            assert_eq!(e.http_status(), 401, "{bad:?}");
+        for missing in [None, Some("s3cret"), Some("Basic s3cret"), Some("Bearer ")] {
+            let e = co.authorize(missing).unwrap_err();
+            assert_eq!(e.http_status(), 401, "{missing:?}");
+        }
+        for wrong in ["Bearer nope", "Bearer s3cret2", "Bearer s3cre"] {
+            let e = co.authorize(Some(wrong)).unwrap_err();
+            assert_eq!(e.http_status(), 403, "{wrong:?}");
         }
         let open = Coordinator::new(cfg());
         assert!(open.authorize(None).is_ok());

@@ -530,7 +530,7 @@ impl Coordinator {
     fn spawn_watchdog(self: &Arc<Self>, id: String) {
         let me = Arc::clone(self);
         let after = self.cfg.incoming_timeout;
-        tokio::spawn(async move {
+        crate::logger::spawn(async move {
             tokio::time::sleep(after).await;
             let Some(entry) = me.incoming_entry(&id) else {
                 return;

@@ -11,9 +11,12 @@ pub enum Error {
     /// Malformed input: bad JSON, a bad container reference, a bad URL.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or wrong bearer token on a peer endpoint.
+    /// No bearer token on an endpoint that needs one.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// A bearer token that is not the one this coordinator expects.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// An unknown namespace, container or migration.
     #[error("{0}")]
     NotFound(String),
@@ -67,14 +70,16 @@ impl Error {
         match self {
             Error::BadRequest(_) => 400,
             Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
             Error::Precondition(_) => 412,
             Error::Unsupported(_) => 422,
             // A peer's 4xx is passed on as is: the caller asked for something the peer refuses.
+            // Not its 401/403: those say that this coordinator's token is wrong for the peer.
             Error::Peer {
                 status: Some(s), ..
-            } if (400..500).contains(s) && *s != 401 => *s,
+            } if (400..500).contains(s) && *s != 401 && *s != 403 => *s,
             Error::Containerd { code, .. } => match code {
                 containerd_client::tonic::Code::NotFound => 404,
                 containerd_client::tonic::Code::AlreadyExists => 409,
@@ -93,6 +98,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => "bad_request",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Precondition(_) => "precondition_failed",
@@ -189,6 +195,13 @@ mod tests {
             url: "http://b".into(),
             status: Some(401),
             message: "bad token".into(),
+        };
+        assert_eq!(peer.http_status(), 502);
+        assert_eq!(Error::Forbidden("x".into()).http_status(), 403);
+        let peer = Error::Peer {
+            url: "http://b".into(),
+            status: Some(403),
+            message: "wrong token".into(),
         };
         assert_eq!(peer.http_status(), 502);
         let nf = Error::Containerd {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod image;
 pub mod logger;
+pub mod metrics;
 pub mod mounts;
 pub mod refs;
 pub mod registry;
@@ -26,6 +27,8 @@ pub mod server;
 pub mod shim;
 pub mod source;
 pub mod spec;
+pub mod status;
+pub mod tls;
 
 pub use coordinator::{Config, Coordinator};
 pub use error::{Error, Result};

@@ -1,5 +1,10 @@
-//! A minimal `log` backend: `2026-05-01T12:00:00.123Z INFO  message` lines on stderr.
+//! A minimal `log` backend: `2026-05-01T12:00:00.123Z INFO  message` lines on stderr, with
+//! `[m-0123abcd]` before the message on every line logged for a migration's work.
+//!
+//! The migration id is a task-local ([`in_migration`]): what a migration's task logs, in any
+//! module, carries its id; tasks it starts with [`spawn`] inherit it.
 
+use std::future::Future;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,16 +25,50 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!(
-            "{} {:<5} {}\n",
-            timestamp(SystemTime::now()),
+        let line = line(
+            SystemTime::now(),
             record.level(),
-            record.args()
+            current_migration().as_deref(),
+            &record.args().to_string(),
         );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}
+}
+
+tokio::task_local! {
+    static MIGRATION: String;
+}
+
+/// Runs `f` as work of migration `id`: its log lines carry the id.
+pub async fn in_migration<F: Future>(id: &str, f: F) -> F::Output {
+    MIGRATION.scope(id.to_string(), f).await
+}
+
+/// The migration the current task works for, if any.
+pub fn current_migration() -> Option<String> {
+    MIGRATION.try_with(|id| id.clone()).ok()
+}
+
+/// `tokio::spawn` that keeps the current migration id for the new task's log lines.
+pub fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current_migration() {
+        Some(id) => tokio::spawn(MIGRATION.scope(id, f)),
+        None => tokio::spawn(f),
+    }
+}
+
+/// One log line: timestamp, level, `[migration]` when there is one, the message.
+pub fn line(t: SystemTime, level: log::Level, migration: Option<&str>, msg: &str) -> String {
+    match migration {
+        Some(id) => format!("{} {level:<5} [{id}] {msg}\n", timestamp(t)),
+        None => format!("{} {level:<5} {msg}\n", timestamp(t)),
+    }
 }
 
 /// Installs the logger (once; later calls are ignored).
@@ -80,5 +119,30 @@ mod tests {
         assert_eq!(timestamp(t), "2024-03-01T00:00:00.123Z");
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661); // 2000-02-29 01:01:01
         assert_eq!(timestamp(t), "2000-02-29T01:01:01.000Z");
+    }
+
+    #[test]
+    fn lines() {
+        assert_eq!(
+            line(UNIX_EPOCH, log::Level::Info, Some("m-1"), "restore done"),
+            "1970-01-01T00:00:00.000Z INFO  [m-1] restore done\n"
+        );
+        assert_eq!(
+            line(UNIX_EPOCH, log::Level::Warn, None, "no token"),
+            "1970-01-01T00:00:00.000Z WARN  no token\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn migration_scope_reaches_spawned_tasks() {
+        assert_eq!(current_migration(), None);
+        let seen = in_migration("m-7", async {
+            let inner = spawn(async { current_migration() }).await.unwrap();
+            (current_migration(), inner)
+        })
+        .await;
+        assert_eq!(seen, (Some("m-7".into()), Some("m-7".into())));
+        // Outside the scope, and in tasks spawned from outside it: none.
+        assert_eq!(spawn(async { current_migration() }).await.unwrap(), None);
     }
 }

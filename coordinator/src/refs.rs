@@ -76,10 +76,10 @@ impl From<ContainerRef> for String {
     }
 }
 
-/// A coordinator's base URL: `http://host:port` (no path, no TLS yet).
+/// A coordinator's base URL: `http://host:port` or `https://host:port` (no path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerUrl {
-    /// `http://host:port`, without a trailing slash.
+    /// `scheme://host:port`, without a trailing slash.
     base: String,
     host: String,
     port: u16,
@@ -91,19 +91,15 @@ impl PeerUrl {
         let uri: hyper::Uri = s
             .parse()
             .map_err(|e| Error::BadRequest(format!("coordinator URL {s:?}: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(Error::BadRequest(format!(
-                    "coordinator URL {s:?}: https is not supported yet (use http://)"
-                )))
-            }
+        let (scheme, default_port) = match uri.scheme_str() {
+            Some("http") => ("http", 80),
+            Some("https") => ("https", 443),
             _ => {
                 return Err(Error::BadRequest(format!(
-                    "coordinator URL {s:?} must look like http://HOST:PORT"
+                    "coordinator URL {s:?} must look like http://HOST:PORT or https://HOST:PORT"
                 )))
             }
-        }
+        };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -113,7 +109,7 @@ impl PeerUrl {
                 "coordinator URL {s:?} must not have a path or query"
             )));
         }
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(default_port);
         // Keep IPv6 literals bracketed in the base URL.
         let host_in_url = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
@@ -121,7 +117,7 @@ impl PeerUrl {
             host.to_string()
         };
         Ok(PeerUrl {
-            base: format!("http://{host_in_url}:{port}"),
+            base: format!("{scheme}://{host_in_url}:{port}"),
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -208,13 +204,10 @@ mod tests {
             "http://[::1]:7400"
         );
         assert_eq!(PeerUrl::parse("http://[::1]:7400").unwrap().host(), "::1");
-        for bad in [
-            "",
-            "10.77.0.2:7400",
-            "https://10.77.0.2:7400",
-            "http://10.77.0.2:7400/v1",
-            "ftp://x",
-        ] {
+        let u = PeerUrl::parse("https://10.77.0.2:7400").unwrap();
+        assert_eq!(u.join("/healthz"), "https://10.77.0.2:7400/healthz");
+        assert_eq!(PeerUrl::parse("https://b").unwrap().port(), 443);
+        for bad in ["", "10.77.0.2:7400", "http://10.77.0.2:7400/v1", "ftp://x"] {
             assert!(PeerUrl::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

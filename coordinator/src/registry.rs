@@ -6,8 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::{PartialPhasesMs, Phase, Record, Report, Role, State};
+use crate::api::{PartialPhasesMs, Phase, Record, Report, Role, State, APPROACH};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::refs::ContainerRef;
 
 /// Finished records kept for `GET /v1/migrations`.
@@ -32,6 +33,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Counts every migration that ends (`GET /metrics`).
+    metrics: Metrics,
 }
 
 fn now_ms() -> u64 {
@@ -76,6 +79,7 @@ impl Registry {
                 record: Record {
                     migration_id: id.to_string(),
                     container: container.to_string(),
+                    approach: APPROACH.to_string(),
                     role,
                     peer: peer.to_string(),
                     phase,
@@ -103,6 +107,11 @@ impl Registry {
 
     pub fn set_phase(&self, id: &str, phase: Phase) {
         self.with(id, |e| e.record.phase = phase);
+    }
+
+    /// The approach migration `id` takes (the container-level one unless told otherwise).
+    pub fn set_approach(&self, id: &str, approach: &str) {
+        self.with(id, |e| e.record.approach = approach.to_string());
     }
 
     pub fn set_bytes(&self, id: &str, bytes: u64) {
@@ -145,6 +154,9 @@ impl Registry {
             e.record.bytes = r.bytes;
             e.record.result = Some(r);
         }
+        if was_running {
+            self.metrics.migration_ended(&e.record);
+        }
         let container = e.container.clone();
         if g.active.get(&container).map(String::as_str) == Some(id) {
             g.active.remove(&container);
@@ -176,6 +188,25 @@ impl Registry {
             }
             r
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Migrations running now, by role.
+    pub fn running(&self) -> [(Role, u64); 2] {
+        let g = self.lock();
+        let count = |role| {
+            g.entries
+                .values()
+                .filter(|e| e.record.state == State::Running && e.record.role == role)
+                .count() as u64
+        };
+        [
+            (Role::Source, count(Role::Source)),
+            (Role::Destination, count(Role::Destination)),
+        ]
     }
 
     pub fn state(&self, id: &str) -> Option<State> {
@@ -264,6 +295,15 @@ mod tests {
         }
         assert_eq!(reg.list().len(), KEEP_FINISHED);
         assert!(reg.get("m0").is_none());
+        // The metrics count them all, and each once.
+        reg.finish("m1", State::Failed, None, None);
+        let t = reg.metrics().render("a", &reg.running());
+        let n = KEEP_FINISHED + 10;
+        assert!(
+            t.contains(&format!("role=\"source\",outcome=\"completed\"}} {n}\n")),
+            "{t}"
+        );
+        assert!(!t.contains("outcome=\"failed\""), "{t}");
     }
 
     #[test]

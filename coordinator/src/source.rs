@@ -27,6 +27,7 @@ use crate::containerd::{runtime_of, Containerd, TaskState};
 use crate::coordinator::{new_migration_id, random_hex, Coordinator};
 use crate::cri::Cri;
 use crate::error::{Error, Result};
+use crate::logger;
 use crate::mounts;
 use crate::refs::{ContainerRef, PeerUrl};
 use crate::shim::Shim;
@@ -80,6 +81,19 @@ impl Coordinator {
         let container = ContainerRef::parse(&req.container)?;
         let to = PeerUrl::parse(&req.to)?;
         let id = new_migration_id()?;
+        let work = self.begin_migration(id.clone(), container, to, source_url, started);
+        logger::in_migration(&id, work).await
+    }
+
+    /// The rest of `start_migration`, as work of migration `id` (its log lines carry the id).
+    async fn begin_migration(
+        self: &Arc<Self>,
+        id: String,
+        container: ContainerRef,
+        to: PeerUrl,
+        source_url: String,
+        started: Instant,
+    ) -> Result<MigrateAccepted> {
         self.registry
             .begin(&id, &container, Role::Source, to.base())?;
         info!(
@@ -102,7 +116,7 @@ impl Coordinator {
             destination: to.base().to_string(),
         };
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.run(plan).await });
+        logger::spawn(async move { me.run(plan).await });
         Ok(accepted)
     }
 

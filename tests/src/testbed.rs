@@ -283,14 +283,25 @@ impl System {
 }
 
 /// The address of system `name`'s coordinator as `hack/testbed.sh` sets it up (a: 10.77.0.1,
-/// b: 10.77.0.2, port 7400; the addresses live inside the system's network namespace).
+/// b: 10.77.0.2, port 7400; the addresses live inside the system's network namespace), with
+/// [`coordinator_scheme`].
 pub fn coordinator_url(name: &str) -> String {
     let ip = if name == "b" {
         "10.77.0.2"
     } else {
         "10.77.0.1"
     };
-    format!("http://{ip}:7400")
+    format!("{}://{ip}:7400", coordinator_scheme())
+}
+
+/// `https`, as `hack/testbed.sh` serves the coordinators over TLS, unless `UMS_TESTBED_TLS=0`
+/// turns it off (for the script and the tests alike).
+pub fn coordinator_scheme() -> &'static str {
+    if std::env::var("UMS_TESTBED_TLS").is_ok_and(|v| v == "0") {
+        "http"
+    } else {
+        "https"
+    }
 }
 
 /// A test bed of `hack/testbed.sh` that a test binary brings up for itself, next to the default
@@ -411,14 +422,31 @@ impl Bed {
         }
     }
 
+    /// The token the coordinators share with their clients.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// The test bed's CA (it signed the coordinators' certificates `tls/<system>.pem`).
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
     /// `bin_dir/ums ARGS` run inside the network namespace of `sys` (where the coordinators'
-    /// addresses are reachable), like `$UMS_A_EXEC ums ...`.
+    /// addresses are reachable), like `$UMS_A_EXEC ums ...`, with the test bed's token and CA
+    /// (`UMS_TOKEN_FILE`, `UMS_TLS_CA`).
     pub fn ums_command(&self, sys: &System, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new("nsenter");
         c.arg(format!("--net={}", self.netns(sys).display()))
             .arg("--")
             .arg(self.bin_dir.join("ums"))
-            .args(args);
+            .args(args)
+            .env("UMS_TOKEN_FILE", self.token_file());
+        if self.tls_ca().is_file() {
+            c.env("UMS_TLS_CA", self.tls_ca());
+        } else {
+            c.env_remove("UMS_TLS_CA");
+        }
         c
     }
 

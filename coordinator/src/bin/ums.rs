@@ -14,7 +14,7 @@ use ums_coordinator::coordinator::read_token_file;
 use ums_coordinator::http::HttpClient;
 use ums_coordinator::refs::PeerUrl;
 use ums_coordinator::spec::validate_cgroup_parent;
-use ums_coordinator::{logger, server, Config, Coordinator};
+use ums_coordinator::{logger, server, status, tls, Config, Coordinator};
 
 #[derive(Parser)]
 #[command(
@@ -37,8 +37,42 @@ enum Command {
     Coordinator(CoordinatorArgs),
     /// Migrate a running container from one system to another.
     Migrate(MigrateArgs),
-    /// List the migrations a coordinator knows (JSON).
-    List(ListArgs),
+    /// List the migrations a coordinator knows: approach, state, phase, bytes, timings.
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// A coordinator's state and running migrations, or one migration in detail.
+    Status(StatusArgs),
+}
+
+/// How a client reaches a coordinator.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Send this file's token as a bearer token (the coordinators' --peer-token-file).
+    #[arg(long, value_name = "FILE", env = "UMS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the coordinators' certificates, for https:// URLs.
+    #[arg(long, value_name = "FILE", env = "UMS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn token(&self) -> Result<Option<String>> {
+        self.token_file
+            .as_deref()
+            .map(|f| read_token_file(f).context("--token-file"))
+            .transpose()
+    }
+
+    fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        self.tls_ca
+            .as_deref()
+            .map(|f| tls::client_config(f).context("--tls-ca"))
+            .transpose()
+    }
+
+    fn http(&self) -> Result<HttpClient> {
+        Ok(HttpClient::with_tls(self.token()?, self.tls()?))
+    }
 }
 
 #[derive(clap::Args)]
@@ -56,10 +90,20 @@ struct CoordinatorArgs {
     /// This system's name (in reports, errors and logs).
     #[arg(long)]
     name: String,
-    /// File holding the secret shared with the peer coordinators (sent and required as a
-    /// bearer token on coordinator-to-coordinator calls).
+    /// File holding the secret shared with the peer coordinators and the clients (sent on
+    /// calls to peers; required as a bearer token on every /v1 endpoint).
     #[arg(long, value_name = "FILE")]
     peer_token_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate (PEM, chain first; needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the peers' certificates: https:// peers are verified
+    /// against it (without it, only http:// peers can be reached).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Directory for the coordinator's files (logs of restored services).
     /// [default: /run/ums/coordinator/NAME]
     #[arg(long, value_name = "DIR")]
@@ -104,19 +148,38 @@ struct MigrateArgs {
     /// Stop following the migration after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     timeout: u64,
-    /// Send this file's token as a bearer token.
-    #[arg(long, value_name = "FILE", env = "UMS_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
 }
 
 #[derive(clap::Args)]
-struct ListArgs {
-    /// The coordinator, http://HOST:PORT.
-    #[arg(value_name = "URL")]
+struct LsArgs {
+    /// The coordinator, http(s)://HOST:PORT.
+    #[arg(long, value_name = "URL", env = "UMS_URL")]
     at: String,
+    /// Print the records as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// A migration id (`m-...`); without it, the coordinator's state.
+    #[arg(value_name = "ID")]
+    id: Option<String>,
+    /// The coordinator, http(s)://HOST:PORT.
+    #[arg(long, value_name = "URL", env = "UMS_URL")]
+    at: String,
+    /// Print JSON (the record, or {health, migrations}).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 fn main() -> ExitCode {
@@ -136,7 +199,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Coordinator(a) => run_coordinator(a).await,
             Command::Migrate(a) => run_migrate(a).await,
-            Command::List(a) => run_list(a).await,
+            Command::Ls(a) => run_ls(a).await,
+            Command::Status(a) => run_status(a).await,
         }
     });
     match res {
@@ -163,15 +227,29 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         Some(f) => cfg.peer_token = Some(read_token_file(f).context("--peer-token-file")?),
         None => warn!("no --peer-token-file: peer calls are not authenticated"),
     }
+    if let Some(f) = &a.tls_ca {
+        cfg.peer_tls = Some(tls::client_config(f).context("--tls-ca")?);
+    }
+    let server_tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls::server_config(cert, key).context("--tls-cert/--tls-key")?)
+        }
+        _ => {
+            warn!("no --tls-cert: the API is served over plain HTTP");
+            None
+        }
+    };
+    cfg.https = server_tls.is_some();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state dir {}", cfg.state_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     info!(
-        "ums coordinator {} {} on http://{} (containerd {}, state {}, files {})",
+        "ums coordinator {} {} on {}://{} (containerd {}, state {}, files {})",
         cfg.name,
         env!("CARGO_PKG_VERSION"),
+        if cfg.https { "https" } else { "http" },
         listener.local_addr().unwrap_or(cfg.listen),
         cfg.containerd_socket.display(),
         cfg.containerd_state.display(),
@@ -183,7 +261,7 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         Ok(n) => info!("removed {n} destination container(s) left by an earlier run"),
         Err(e) => warn!("could not look for containers left by an earlier run: {e}"),
     }
-    server::serve(coordinator, listener, shutdown_signal())
+    server::serve(coordinator, listener, server_tls, shutdown_signal())
         .await
         .context("serving the API")?;
     info!("ums coordinator stopped");
@@ -211,9 +289,8 @@ async fn shutdown_signal() {
 async fn run_migrate(a: MigrateArgs) -> Result<()> {
     let mut opts = MigrateOptions::new(&a.from, &a.to, &a.container);
     opts.timeout = Duration::from_secs(a.timeout);
-    if let Some(f) = &a.token_file {
-        opts.token = Some(read_token_file(f).context("--token-file")?);
-    }
+    opts.token = a.client.token()?;
+    opts.tls = a.client.tls()?;
     let quiet = a.quiet;
     let report = client::migrate(&opts, |p| {
         if !quiet {
@@ -233,15 +310,54 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_list(a: ListArgs) -> Result<()> {
+async fn run_ls(a: LsArgs) -> Result<()> {
     let at = PeerUrl::parse(&a.at)?;
-    let v: serde_json::Value = HttpClient::new(None)
-        .get(&at.join("/v1/migrations"), Duration::from_secs(10))
+    let records = status::records(&a.client.http()?, &at)
         .await
+        .map_err(|e| status::explain(e, &at))
         .with_context(|| format!("listing the migrations at {at}"))?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&v).context("encoding the list")?
-    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).context("encoding the list")?
+        );
+    } else {
+        print!("{}", status::table(&records));
+    }
+    Ok(())
+}
+
+async fn run_status(a: StatusArgs) -> Result<()> {
+    let at = PeerUrl::parse(&a.at)?;
+    let http = a.client.http()?;
+    let explain = |e| status::explain(e, &at);
+    match &a.id {
+        Some(id) => {
+            let r = status::record(&http, &at, id)
+                .await
+                .map_err(explain)
+                .with_context(|| format!("migration {id} at {at}"))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).context("encoding")?);
+            } else {
+                print!("{}", status::detail(&r));
+            }
+        }
+        None => {
+            let h = status::health(&http, &at)
+                .await
+                .with_context(|| format!("the coordinator at {at}"))?;
+            let records = status::records(&http, &at)
+                .await
+                .map_err(explain)
+                .with_context(|| format!("the migrations at {at}"))?;
+            if a.json {
+                let v = serde_json::json!({"health": h, "migrations": records});
+                println!("{}", serde_json::to_string_pretty(&v).context("encoding")?);
+            } else {
+                print!("{}", status::summary(&at, &h, &records));
+            }
+        }
+    }
     Ok(())
 }

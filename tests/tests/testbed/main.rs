@@ -14,6 +14,7 @@
 mod common;
 mod failures;
 mod outer;
+mod ops;
 mod scenarios;
 
 use common::with_bed;
@@ -84,4 +85,19 @@ fn outer_image_nested_counter_a_to_b() {
         "outer_image_nested_counter_a_to_b",
         outer::nested_counter_a_to_b,
     );
+}
+
+#[test]
+fn ops_tls_migration() {
+    with_bed("ops_tls_migration", ops::tls_migration);
+}
+
+#[test]
+fn ops_auth_refused() {
+    with_bed("ops_auth_refused", ops::auth_refused);
+}
+
+#[test]
+fn ops_stream_token_bound() {
+    with_bed("ops_stream_token_bound", ops::stream_token_bound);
 }
