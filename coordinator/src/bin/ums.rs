@@ -133,10 +133,10 @@ struct CoordinatorArgs {
 
 #[derive(clap::Args)]
 struct MigrateArgs {
-    /// The source system's coordinator, http://HOST:PORT.
+    /// The source system's coordinator, http(s)://HOST:PORT.
     #[arg(long, value_name = "URL")]
     from: String,
-    /// The destination system's coordinator, http://HOST:PORT.
+    /// The destination system's coordinator, http(s)://HOST:PORT.
     #[arg(long, value_name = "URL")]
     to: String,
     /// The container on the source system, NAMESPACE/NAME (e.g. default/web1).

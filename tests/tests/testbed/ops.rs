@@ -320,6 +320,11 @@ fn other_ca(bed: &Bed) -> PathBuf {
 /// for a direct peer call to B. A client that does not trust the test bed's CA gets no answer.
 pub fn auth_refused(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
+    assert!(
+        a.url.starts_with("https://") && bed.tls_ca().is_file(),
+        "the test bed's coordinators are not on TLS ({}; UMS_TESTBED_TLS=0?)",
+        a.url
+    );
     let svc = Svc::start(
         bed,
         a,
