@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{human_bytes, MigrateAccepted, MigrateRequest, Phase, Record, Report, State};
+use crate::api::{
+    human_bytes, MigrateAccepted, MigrateRequest, Phase, Placement, Record, Report, State,
+};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::refs::{ContainerRef, PeerUrl};
@@ -18,6 +20,8 @@ pub struct MigrateOptions {
     pub poll: Duration,
     /// Sent as a bearer token (the client endpoints do not require one yet).
     pub token: Option<String>,
+    /// The destination interface and pod.
+    pub placement: Placement,
 }
 
 impl MigrateOptions {
@@ -29,6 +33,7 @@ impl MigrateOptions {
             timeout: Duration::from_secs(1800),
             poll: Duration::from_millis(100),
             token: None,
+            placement: Placement::default(),
         }
     }
 }
@@ -76,6 +81,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
     // Checked here too for a quick, local error.
     PeerUrl::parse(&opts.to)?;
     ContainerRef::parse(&opts.container)?;
+    opts.placement.validate()?;
     let http = HttpClient::new(opts.token.clone());
     let accepted: MigrateAccepted = http
         .post(
@@ -83,6 +89,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
             &MigrateRequest {
                 container: opts.container.clone(),
                 to: opts.to.clone(),
+                placement: opts.placement.clone(),
             },
             Duration::from_secs(60),
         )
