@@ -275,7 +275,7 @@ pub fn cri_image_not_on_b(bed: &Bed) {
     assert_refused(
         bed,
         &m,
-        &[image, "not present on system b", "412"],
+        &[image, "not present on system b"],
         "cri: image only on A",
     );
     assert_cri_failure_clean(bed, &svc, &before_b, before, "cri: image only on A");
