@@ -272,15 +272,19 @@ impl Cri {
         if self.container_state(id).await?.is_none() {
             return Ok(false);
         }
-        self.stop_container(id, 0).await?;
         // CRI refuses to remove a container it still thinks is running: its exit may be a
-        // moment behind the stop.
+        // moment behind the stop. The stop itself may meet the task's shim connection closing
+        // as the task ends ("ttrpc: closed"): tried again too.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match self.remove_container(id).await {
+            let removed = match self.stop_container(id, 0).await {
+                Ok(()) => self.remove_container(id).await,
+                Err(e) => Err(e),
+            };
+            match removed {
                 Ok(()) => return Ok(true),
                 Err(e) if tokio::time::Instant::now() < deadline => {
-                    log::debug!("CRI RemoveContainer {id}: {e}; retrying");
+                    log::debug!("CRI StopContainer/RemoveContainer {id}: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e),

@@ -220,57 +220,38 @@ impl<'de> MapAccess<'de> for Empty {
     }
 }
 
+/// Typed requests answered with a fixed zero value.
+macro_rules! zero_is {
+    ($($method:ident => $visit:ident($zero:expr)),*) => {$(
+        fn $method<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+            v.$visit($zero)
+        }
+    )*};
+}
+
 impl<'de> Deserializer<'de> for Zero {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         v.visit_unit()
     }
-    fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_bool(false)
-    }
-    fn deserialize_i8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_i64(0)
-    }
-    fn deserialize_i16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_i64(0)
-    }
-    fn deserialize_i32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_i64(0)
-    }
-    fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_i64(0)
-    }
-    fn deserialize_u8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_u64(0)
-    }
-    fn deserialize_u16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_u64(0)
-    }
-    fn deserialize_u32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_u64(0)
-    }
-    fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_u64(0)
-    }
-    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_f64(0.0)
-    }
-    fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_f64(0.0)
-    }
-    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_str("")
-    }
-    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_str("")
-    }
-    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_bytes(&[])
-    }
-    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_bytes(&[])
-    }
+    zero_is!(
+        deserialize_bool => visit_bool(false),
+        deserialize_i8 => visit_i64(0),
+        deserialize_i16 => visit_i64(0),
+        deserialize_i32 => visit_i64(0),
+        deserialize_i64 => visit_i64(0),
+        deserialize_u8 => visit_u64(0),
+        deserialize_u16 => visit_u64(0),
+        deserialize_u32 => visit_u64(0),
+        deserialize_u64 => visit_u64(0),
+        deserialize_f32 => visit_f64(0.0),
+        deserialize_f64 => visit_f64(0.0),
+        deserialize_str => visit_str(""),
+        deserialize_string => visit_str(""),
+        deserialize_bytes => visit_bytes(&[]),
+        deserialize_byte_buf => visit_bytes(&[])
+    );
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         v.visit_none()
     }

@@ -181,6 +181,44 @@ fn cri_location(report: &Value, pod_ns: &str, pod_name: &str) -> (String, String
     (pod.to_string(), cid.to_string())
 }
 
+/// `ums migrate k8s.io/<cid> [extra]` from `from` to `to`, which must go through CRI into pod
+/// `ums-test/<pod_name>` and leave that pod and container RUNNING to `to`'s CRI (the pod is
+/// added to `pods`): (pod sandbox id, container id) at `to`.
+#[track_caller]
+fn migrate_into_pod<'b>(
+    bed: &'b Bed,
+    from: &System,
+    to: &'b System,
+    cid: &str,
+    extra: &[&str],
+    pod_name: &str,
+    pods: &mut Pods<'b>,
+) -> (String, String) {
+    let m = bed.migrate_with(from, to, &format!("k8s.io/{cid}"), extra);
+    let report = report_of(bed, &m, from, to, cid);
+    let (pod, new_cid) = cri_location(report, "ums-test", pod_name);
+    pods.0.push((to, pod.clone()));
+    say(format!(
+        "cri->cri ({}->{}): {}",
+        from.name,
+        to.name,
+        figures(report).line()
+    ));
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains(&format!("pod ums-test/{pod_name}")),
+        "the report should say where the container went: {report}"
+    );
+    assert_cri_running(
+        to,
+        &pod,
+        &new_cid,
+        &format!("on {} after the migration", to.name),
+    );
+    (pod, new_cid)
+}
+
 /// A -> B -> A, CRI -> CRI: by default a CRI container goes into a pod created through the
 /// destination's CRI (here renamed with --pod-name on the way to B); the counter goes on from
 /// where it was each time; the source's CRI and containerd hold nothing afterwards.
@@ -192,39 +230,26 @@ pub fn cri_to_cri_and_back(bed: &Bed) {
     let before = wait_counter(bed, a, &cid_a, "on A", |v| v >= 20);
 
     let t0 = Instant::now();
-    let m = bed.migrate_with(
+    let (pod_b, cid_b) = migrate_into_pod(
+        bed,
         a,
         b,
-        &format!("k8s.io/{cid_a}"),
+        &cid_a,
         &["--pod-name", "ucr-web-b"],
+        "ucr-web-b",
+        &mut pods,
     );
-    let report = report_of(bed, &m, a, b, &cid_a);
-    let (pod_b, cid_b) = cri_location(report, "ums-test", "ucr-web-b");
-    pods.0.push((b, pod_b.clone()));
-    say(format!("cri->cri (a->b): {}", figures(report).line()));
-    assert_cri_running(b, &pod_b, &cid_b, "on B after a->b");
     let after = wait_counter(bed, b, &cid_b, "on B", |v| v > before);
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     assert!(
         after <= before + elapsed_ms / 100 + 5,
         "the counter on B ({after}) is further than {elapsed_ms} ms of counting from {before}: restarted?"
     );
-    assert!(
-        report["notes"]
-            .to_string()
-            .contains("pod ums-test/ucr-web-b"),
-        "the report should say where the container went: {report}"
-    );
     assert_cri_gone(bed, a, &pod_a, &cid_a, "A after a->b");
 
     let t0 = Instant::now();
     let after = counter(b, &cid_b).unwrap_or(after);
-    let m = bed.migrate(b, a, &format!("k8s.io/{cid_b}"));
-    let report = report_of(bed, &m, b, a, &cid_b);
-    let (pod_a2, cid_a2) = cri_location(report, "ums-test", "ucr-web-b");
-    pods.0.push((a, pod_a2.clone()));
-    say(format!("cri->cri (b->a): {}", figures(report).line()));
-    assert_cri_running(a, &pod_a2, &cid_a2, "on A after b->a");
+    let (pod_a2, cid_a2) = migrate_into_pod(bed, b, a, &cid_b, &[], "ucr-web-b", &mut pods);
     let back = wait_counter(bed, a, &cid_a2, "back on A", |v| v > after);
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     assert!(
