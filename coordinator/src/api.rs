@@ -31,6 +31,115 @@ pub struct MigrateRequest {
     pub container: String,
     /// The destination coordinator's URL, `http://host:port`.
     pub to: String,
+    /// Where and how the destination creates the container.
+    #[serde(flatten)]
+    pub placement: Placement,
+}
+
+/// The interface through which the destination creates the container (see
+/// [`crate::adapter`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DestInterface {
+    /// containerd's containers and tasks API: a plain container (a CRI one lands in `k8s.io`).
+    #[default]
+    Containerd,
+    /// CRI, as kubelet: a pod sandbox with runtime handler `ums` and a container in it.
+    Cri,
+}
+
+impl DestInterface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestInterface::Containerd => "containerd",
+            DestInterface::Cri => "cri",
+        }
+    }
+}
+
+impl std::fmt::Display for DestInterface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DestInterface {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "containerd" => Ok(DestInterface::Containerd),
+            "cri" => Ok(DestInterface::Cri),
+            _ => Err(format!("{s:?}: the interface is cri or containerd")),
+        }
+    }
+}
+
+/// The user's choice of destination interface and pod (all optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Placement {
+    /// Default: CRI when the source container is a CRI one and the destination has CRI,
+    /// else containerd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_interface: Option<DestInterface>,
+    /// CRI: the new pod's namespace and name (default: the source pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+}
+
+impl Placement {
+    /// Pod names go into CRI metadata and the pod's log directory name: DNS labels only.
+    pub fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("pod_namespace", &self.pod_namespace),
+            ("pod_name", &self.pod_name),
+        ] {
+            if let Some(v) = v {
+                validate_pod_name(what, v)?;
+            }
+        }
+        if self.to_interface == Some(DestInterface::Containerd)
+            && (self.pod_namespace.is_some() || self.pod_name.is_some())
+        {
+            return Err(Error::BadRequest(
+                "pod_namespace/pod_name place the container into a CRI pod: they need the cri \
+                 interface"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes name as CRI metadata and a path component take it: 1-63 lowercase letters,
+/// digits, '-' and '.', starting and ending with a letter or digit.
+pub fn validate_pod_name(what: &str, v: &str) -> Result<()> {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = (1..=63).contains(&v.len())
+        && edge(v.chars().next())
+        && edge(v.chars().last())
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "{what} {v:?} must be 1-63 lowercase letters, digits, '-' or '.' (a Kubernetes name)"
+        )))
+    }
+}
+
+/// What the destination needs to create a CRI container as kubelet would: the source pod's and
+/// container's configs as the source's CRI keeps them, and where the pod goes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CriSource {
+    pub pod: k8s_cri::v1::PodSandboxConfig,
+    pub container: k8s_cri::v1::ContainerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -118,6 +227,12 @@ pub struct IncomingRequest {
     pub local_mounts: Vec<LocalMount>,
     /// Binds the image stream to this migration (passed to both shims).
     pub token: String,
+    /// The interface the user chose (`None`: the destination picks, see [`Placement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<DestInterface>,
+    /// A CRI container's pod and container configs (for the CRI interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cri: Option<CriSource>,
 }
 
 /// A bind mount of the source container whose source the destination recreates (see
@@ -166,6 +281,24 @@ pub struct IncomingResponse {
     pub destination: String,
     /// The pid of the destination task's outer (created, not started).
     pub pid: u32,
+    /// The interface the destination created the container through.
+    #[serde(default)]
+    pub interface: DestInterface,
+    /// The destination container, when its reference differs from the source's (CRI gives
+    /// it a new id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+    /// CRI: the pod the container was created in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodLocation>,
+}
+
+/// A pod created through CRI at the destination.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodLocation {
+    pub sandbox_id: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -306,6 +439,12 @@ pub struct Location {
     #[serde(rename = "ref")]
     pub container: String,
     pub pid: u32,
+    /// The interface the destination created the container through.
+    #[serde(default)]
+    pub interface: DestInterface,
+    /// CRI: the pod the container runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodLocation>,
 }
 
 /// The outcome of a completed migration: what `ums migrate --json` prints.
@@ -480,6 +619,8 @@ pub(crate) mod tests {
                 url: "http://10.77.0.2:7400".into(),
                 container: "default/web1".into(),
                 pid: 4242,
+                interface: DestInterface::Containerd,
+                pod: None,
             },
             warnings: vec![],
             notes: vec![],
@@ -529,6 +670,31 @@ pub(crate) mod tests {
         let r: MigrateRequest =
             parse_body(br#"{"ref":"default/web1","to":"http://10.77.0.2:7400"}"#).unwrap();
         assert_eq!(r.container, "default/web1");
+        assert_eq!(r.placement, Placement::default());
+        let r: MigrateRequest = parse_body(
+            br#"{"ref":"k8s.io/c","to":"http://b","to_interface":"cri","pod_name":"web-2"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.placement.to_interface, Some(DestInterface::Cri));
+        assert_eq!(r.placement.pod_name.as_deref(), Some("web-2"));
+        r.placement.validate().unwrap();
+        assert!(
+            parse_body::<MigrateRequest>(br#"{"ref":"a/b","to":"x","to_interface":"k8s"}"#)
+                .is_err()
+        );
+        for bad in ["", "Web", "-a", "a/b", "..", &"x".repeat(64)] {
+            let p = Placement {
+                pod_name: Some(bad.to_string()),
+                ..Default::default()
+            };
+            assert!(p.validate().is_err(), "{bad:?}");
+        }
+        let p = Placement {
+            to_interface: Some(DestInterface::Containerd),
+            pod_namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
         assert!(matches!(
             parse_body::<MigrateRequest>(b"{"),
             Err(Error::BadRequest(_))

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{human_bytes, MigrateAccepted, MigrateRequest, Phase, Record, Report, State};
+use crate::api::{
+    human_bytes, MigrateAccepted, MigrateRequest, Phase, Placement, Record, Report, State,
+};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::refs::{ContainerRef, PeerUrl};
@@ -20,6 +22,8 @@ pub struct MigrateOptions {
     pub token: Option<String>,
     /// Verifies https:// coordinators (their CA).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The destination interface and pod.
+    pub placement: Placement,
 }
 
 impl MigrateOptions {
@@ -32,6 +36,7 @@ impl MigrateOptions {
             poll: Duration::from_millis(100),
             token: None,
             tls: None,
+            placement: Placement::default(),
         }
     }
 }
@@ -79,6 +84,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
     // Checked here too for a quick, local error.
     PeerUrl::parse(&opts.to)?;
     ContainerRef::parse(&opts.container)?;
+    opts.placement.validate()?;
     let http = HttpClient::with_tls(opts.token.clone(), opts.tls.clone());
     let accepted: MigrateAccepted = http
         .post(
@@ -86,6 +92,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
             &MigrateRequest {
                 container: opts.container.clone(),
                 to: opts.to.clone(),
+                placement: opts.placement.clone(),
             },
             Duration::from_secs(60),
         )

@@ -10,6 +10,9 @@
 //!
 //! A prepared container that the source neither restores nor aborts within
 //! `incoming_timeout` is aborted by a watchdog.
+//!
+//! That is the containerd adapter; the container can be created through CRI instead
+//! ([`crate::adapter`], [`crate::dest_cri`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use crate::adapter::Adapter;
 use crate::api::{
-    validate_migration_id, AbortResponse, IncomingRequest, IncomingResponse, Phase,
+    validate_migration_id, AbortResponse, DestInterface, IncomingRequest, IncomingResponse, Phase,
     RestoreResponse, Role, State,
 };
 use crate::containerd::{new_container, Containerd, TaskState};
@@ -35,7 +39,7 @@ use crate::spec::{
     MIGRATION_LABEL,
 };
 
-const SHIM_ADDRESS_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const SHIM_ADDRESS_WAIT: Duration = Duration::from_secs(10);
 const RUNNING_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
@@ -49,10 +53,10 @@ pub(crate) enum DestPhase {
 
 /// A destination-side migration with resources on this system.
 pub(crate) struct DestEntry {
-    container: ContainerRef,
-    snapshotter: String,
-    shim: Shim,
-    state: tokio::sync::Mutex<DestPhase>,
+    pub(crate) container: ContainerRef,
+    pub(crate) adapter: Adapter,
+    pub(crate) shim: Shim,
+    pub(crate) state: tokio::sync::Mutex<DestPhase>,
 }
 
 impl Coordinator {
@@ -115,6 +119,21 @@ impl Coordinator {
     }
 
     async fn prepare_incoming(
+        &self,
+        req: &IncomingRequest,
+    ) -> Result<(Arc<DestEntry>, IncomingResponse)> {
+        let interface = self.choose_interface(req).await?;
+        info!(
+            "migration {}: creating the container through {interface}",
+            req.migration_id
+        );
+        match interface {
+            DestInterface::Containerd => self.prepare_containerd(req).await,
+            DestInterface::Cri => self.prepare_cri(req).await,
+        }
+    }
+
+    async fn prepare_containerd(
         &self,
         req: &IncomingRequest,
     ) -> Result<(Arc<DestEntry>, IncomingResponse)> {
@@ -236,7 +255,9 @@ impl Coordinator {
             Ok((pid, shim, address)) => Ok((
                 Arc::new(DestEntry {
                     container: r.clone(),
-                    snapshotter: snapshotter.clone(),
+                    adapter: Adapter::Containerd {
+                        snapshotter: snapshotter.clone(),
+                    },
                     shim,
                     state: tokio::sync::Mutex::new(DestPhase::Prepared),
                 }),
@@ -245,6 +266,9 @@ impl Coordinator {
                     address,
                     destination: me.to_string(),
                     pid,
+                    interface: DestInterface::Containerd,
+                    container: None,
+                    pod: None,
                 },
             )),
             Err(e) => {
@@ -297,12 +321,21 @@ impl Coordinator {
         }
         let r = &entry.container;
         self.registry.set_phase(id, Phase::Restoring);
-        info!("migration {id}: restoring {r}: containerd Start");
+        info!(
+            "migration {id}: restoring {r}: {} start",
+            entry.adapter.interface()
+        );
         let t = Instant::now();
         let res = async {
             let cd = self.containerd().await?;
-            let pid = cd.start_task(&r.namespace, &r.id).await?;
-            wait_running(&cd, r).await?;
+            let pid = match &entry.adapter {
+                Adapter::Containerd { .. } => {
+                    let pid = cd.start_task(&r.namespace, &r.id).await?;
+                    wait_running(&cd, r).await?;
+                    pid
+                }
+                Adapter::Cri(p) => self.start_cri(&cd, r, p).await?,
+            };
             // Restored: from now on the container is like any other of this system.
             if let Err(e) = self.drop_restore_marker(&cd, r).await {
                 warn!("migration {id}: removing the restore marker from {r}'s spec: {e}");
@@ -401,7 +434,12 @@ impl Coordinator {
             });
         }
         self.registry.set_phase(id, Phase::Aborting);
-        detail.extend(self.cleanup(id, &entry.container, &entry.snapshotter).await);
+        detail.extend(match &entry.adapter {
+            Adapter::Containerd { snapshotter } => {
+                self.cleanup(id, &entry.container, snapshotter).await
+            }
+            Adapter::Cri(p) => self.remove_cri(id, Some(&entry.container), p).await,
+        });
         *st = DestPhase::Aborted;
         drop(st);
         self.remove_incoming(id);
@@ -491,14 +529,25 @@ impl Coordinator {
                     None => true,
                     Some(t) => t.state == TaskState::Created,
                 };
-                let never_started = stale
-                    && crate::spec::restore_marker(
-                        &c.spec
-                            .as_ref()
-                            .and_then(|s| serde_json::from_slice(&s.value).ok())
-                            .unwrap_or(serde_json::Value::Null),
-                    ) == Some(mid.as_str());
+                let spec = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| serde_json::from_slice(&s.value).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let never_started =
+                    stale && crate::spec::restore_marker(&spec) == Some(mid.as_str());
                 if !never_started {
+                    continue;
+                }
+                if crate::spec::cri_kind(&c.labels, &spec) == Some(crate::spec::CriKind::Container)
+                {
+                    warn!(
+                        "migration {mid}: {r} was created through CRI by an earlier run and never restored: removing it"
+                    );
+                    let pod = crate::spec::CriPod::of(&spec).map(|p| p.sandbox_id);
+                    if self.sweep_cri_container(&mid, &r, pod.as_deref()).await {
+                        removed += 1;
+                    }
                     continue;
                 }
                 let snapshotter = if c.snapshotter.is_empty() {
@@ -552,7 +601,7 @@ impl Coordinator {
     }
 }
 
-async fn wait_running(cd: &Containerd, r: &ContainerRef) -> Result<()> {
+pub(crate) async fn wait_running(cd: &Containerd, r: &ContainerRef) -> Result<()> {
     let deadline = Instant::now() + RUNNING_WAIT;
     loop {
         match cd.task(&r.namespace, &r.id).await? {

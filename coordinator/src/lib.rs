@@ -8,14 +8,20 @@
 //! - [`client`]: `ums migrate`;
 //! - [`spec`]: the destination container's spec (restore marker, netns, cgroups, CRI pods);
 //! - [`mounts`]: bind mounts whose source exists on the source system only;
-//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source.
+//! - [`cri`]: the CRI runtime and image services (configs of a CRI container at the source,
+//!   its removal there, pods and containers created at the destination);
+//! - [`adapter`]: the destination's interface, containerd ([`dest`]) or CRI ([`dest_cri`]);
+//!   [`go_json`] reads the CRI configs containerd reports.
+pub mod adapter;
 pub mod api;
 pub mod client;
 pub mod containerd;
 pub mod coordinator;
 pub mod cri;
 pub mod dest;
+pub mod dest_cri;
 pub mod error;
+pub mod go_json;
 pub mod http;
 pub mod image;
 pub mod logger;

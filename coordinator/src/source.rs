@@ -19,9 +19,9 @@ use log::{error, info, warn};
 use serde_json::Value;
 
 use crate::api::{
-    AbortResponse, AnyJson, DumpFigures, Health, IncomingRequest, IncomingResponse, LocalMount,
-    Location, MigrateAccepted, MigrateRequest, Phase, PhasesMs, Report, RestoreResponse, Role,
-    State, APPROACH,
+    AbortResponse, AnyJson, CriSource, DestInterface, DumpFigures, Health, IncomingRequest,
+    IncomingResponse, LocalMount, Location, MigrateAccepted, MigrateRequest, Phase, PhasesMs,
+    Placement, Report, RestoreResponse, Role, State, APPROACH,
 };
 use crate::containerd::{runtime_of, Containerd, TaskState};
 use crate::coordinator::{new_migration_id, random_hex, Coordinator};
@@ -58,8 +58,11 @@ struct Plan {
     labels: std::collections::HashMap<String, String>,
     spec: Value,
     spec_type_url: String,
-    /// A CRI container: its pod (which stays here).
+    /// A CRI container: its pod here.
     cri_pod: Option<CriPod>,
+    /// The destination interface the user chose, and a CRI container's configs for CRI.
+    interface: Option<DestInterface>,
+    cri_source: Option<CriSource>,
     /// Bind mounts of files that exist on this system only (a CRI pod's /etc/hosts, ...).
     local_mounts: Vec<LocalMount>,
     notes: Vec<String>,
@@ -80,8 +83,9 @@ impl Coordinator {
         let started = Instant::now();
         let container = ContainerRef::parse(&req.container)?;
         let to = PeerUrl::parse(&req.to)?;
+        req.placement.validate()?;
         let id = new_migration_id()?;
-        let work = self.begin_migration(id.clone(), container, to, source_url, started);
+        let work = self.begin_migration(id.clone(), req, container, to, source_url, started);
         logger::in_migration(&id, work).await
     }
 
@@ -89,6 +93,7 @@ impl Coordinator {
     async fn begin_migration(
         self: &Arc<Self>,
         id: String,
+        req: MigrateRequest,
         container: ContainerRef,
         to: PeerUrl,
         source_url: String,
@@ -100,7 +105,10 @@ impl Coordinator {
             "migration {id}: {container} from {} to {to} requested",
             self.name()
         );
-        let plan = match self.plan(&id, &container, &to, source_url, started).await {
+        let plan = match self
+            .plan(&id, &container, &to, &req.placement, source_url, started)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 warn!("migration {id}: refused: {e}");
@@ -126,6 +134,7 @@ impl Coordinator {
         id: &str,
         container: &ContainerRef,
         to: &PeerUrl,
+        placement: &Placement,
         source_url: String,
         started: Instant,
     ) -> Result<Plan> {
@@ -174,17 +183,8 @@ impl Coordinator {
             Some(CriKind::Container) => Some(CriPod::of(&spec).unwrap_or_default()),
             _ => None,
         };
-        let (local_mounts, mut notes) = mounts::collect(&spec, &self.cfg.state_dir).await?;
-        if let Some(pod) = &cri_pod {
-            notes.insert(
-                0,
-                format!(
-                    "{container} is a container of {pod} on system {me}: it moves as a plain \
-                     container (no pod at the destination); the pod sandbox stays on {me}, left \
-                     to its owner (kubelet may start the container again in it)"
-                ),
-            );
-        }
+        let (local_mounts, notes) = mounts::collect(&spec, &self.cfg.state_dir).await?;
+        let cri_source = cri_source_of(&cd, container, cri_pod.as_ref(), placement).await?;
 
         // Step 2: the destination coordinator is there, and is not us.
         let health: Health = self.peers.get(&to.join("/healthz"), HEALTH_TIMEOUT).await?;
@@ -220,6 +220,8 @@ impl Coordinator {
             spec,
             spec_type_url: any.type_url.clone(),
             cri_pod,
+            interface: placement.to_interface,
+            cri_source,
             local_mounts,
             notes,
             shim,
@@ -268,6 +270,8 @@ impl Coordinator {
             source_cgroup_parent: self.cfg.cgroup_parent.clone(),
             local_mounts: p.local_mounts.clone(),
             token: token.clone(),
+            interface: p.interface,
+            cri: p.cri_source.clone(),
         };
         info!(
             "migration {id}: pre_migration: asking {} to create {}",
@@ -291,6 +295,14 @@ impl Coordinator {
             }
         };
         let peer_addr = stream_address(&inc.address, p.to.host());
+        let mut notes = p.notes.clone();
+        if let Some(pod) = &p.cri_pod {
+            notes.insert(
+                0,
+                cri_note(&p.container, pod, self.name(), &p.peer_name, &inc),
+            );
+        }
+        let dest_ref = inc.container.clone().unwrap_or_else(|| p.container.clone());
         let pre_ms = ms(p.started.elapsed());
         self.registry
             .update_phases(id, |ph| ph.pre_migration = Some(pre_ms));
@@ -359,12 +371,12 @@ impl Coordinator {
         // Post-migration: the service ends here.
         self.registry.set_phase(id, Phase::PostMigration);
         let post_start = Instant::now();
-        let warnings = self.remove_source(p).await;
+        let warnings = self.remove_source(p, &mut notes).await;
         let post_ms = ms(post_start.elapsed());
         self.registry
             .update_phases(id, |ph| ph.post_migration = Some(post_ms));
         info!("migration {id}: post_migration done in {post_ms} ms");
-        for n in &p.notes {
+        for n in &notes {
             info!("migration {id}: note: {n}");
         }
 
@@ -397,11 +409,13 @@ impl Coordinator {
             location: Location {
                 system: p.peer_name.clone(),
                 url: p.to.base().to_string(),
-                container: p.container.to_string(),
+                container: dest_ref.to_string(),
                 pid: restored.pid,
+                interface: inc.interface,
+                pod: inc.pod.clone(),
             },
             warnings,
-            notes: p.notes.clone(),
+            notes,
         })
     }
 
@@ -487,7 +501,7 @@ impl Coordinator {
 
     /// Post-migration: end the service here and delete task, container and snapshot. The
     /// service already runs at the destination, so what fails here is a warning.
-    async fn remove_source(&self, p: &Plan) -> Vec<String> {
+    async fn remove_source(&self, p: &Plan, notes: &mut Vec<String>) -> Vec<String> {
         let id = &p.id;
         let ns = &p.container.namespace;
         let cid = &p.container.id;
@@ -518,18 +532,34 @@ impl Coordinator {
         // the CRI plugin would keep a record of it.
         let mut removed_by_cri = false;
         if let Some(pod) = &p.cri_pod {
-            let removed = match Cri::connect(cd.socket()).await {
-                Ok(mut cri) => cri.stop_and_remove(cid).await,
-                Err(e) => Err(e),
+            let mut cri = Cri::connect(cd.socket()).await;
+            let removed = match &mut cri {
+                Ok(cri) => cri.stop_and_remove(cid).await,
+                Err(e) => Err(Error::Internal(e.to_string())),
             };
             match removed {
                 Ok(true) => {
                     removed_by_cri = true;
                     info!(
-                        "migration {id}: {} removed through CRI (StopContainer, RemoveContainer); \
-                         its {pod} stays here, left to its owner",
+                        "migration {id}: {} removed through CRI (StopContainer, RemoveContainer)",
                         p.container
                     );
+                    // Its pod goes too when it held nothing else.
+                    let me = self.name();
+                    match cri {
+                        Ok(mut cri) => match cri.remove_pod_if_empty(&pod.sandbox_id).await {
+                            Ok(true) => notes.push(format!(
+                                "{pod} held only {} on system {me}: removed through CRI",
+                                p.container
+                            )),
+                            Ok(false) => notes.push(format!(
+                                "{pod} stays on system {me} (it has other containers), left to \
+                                 its owner"
+                            )),
+                            Err(e) => warn_of(format!("removing the emptied {pod}: {e}")),
+                        },
+                        Err(e) => warn_of(format!("removing the emptied {pod}: {e}")),
+                    }
                 }
                 Ok(false) => info!(
                     "migration {id}: CRI does not know {}: deleting it through containerd",
@@ -591,6 +621,64 @@ impl Coordinator {
             );
         }
         warnings
+    }
+}
+
+/// A CRI container's configs for the destination's CRI adapter, read through this system's
+/// CRI; `None` when it is not a CRI container or the user chose containerd.
+async fn cri_source_of(
+    cd: &Containerd,
+    container: &ContainerRef,
+    pod: Option<&CriPod>,
+    placement: &Placement,
+) -> Result<Option<CriSource>> {
+    let Some(pod) = pod else {
+        if placement.to_interface == Some(DestInterface::Cri) || placement.pod_name.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{container} is not a CRI container: the cri interface recreates a pod's \
+                 container from its pod's and its own CRI configs (use --to-interface containerd)"
+            )));
+        }
+        if placement.pod_namespace.is_some() {
+            return Err(Error::BadRequest(format!(
+                "{container} is not a CRI container: it has no pod to place"
+            )));
+        }
+        return Ok(None);
+    };
+    if placement.to_interface == Some(DestInterface::Containerd) {
+        return Ok(None);
+    }
+    let mut cri = Cri::connect(cd.socket()).await?;
+    Ok(Some(CriSource {
+        pod: cri.pod_config(&pod.sandbox_id).await?,
+        container: cri.container_config(&container.id).await?,
+        pod_namespace: placement.pod_namespace.clone(),
+        pod_name: placement.pod_name.clone(),
+    }))
+}
+
+/// The report's note on where a CRI container went.
+fn cri_note(
+    container: &ContainerRef,
+    pod: &CriPod,
+    me: &str,
+    peer: &str,
+    inc: &IncomingResponse,
+) -> String {
+    match (&inc.interface, &inc.pod) {
+        (DestInterface::Cri, Some(to)) => format!(
+            "{container} of {pod} on system {me} runs on {peer} as {} in pod {}/{} (sandbox \
+             {}), created through CRI with runtime handler ums",
+            inc.container.as_ref().unwrap_or(container),
+            to.namespace,
+            to.name,
+            to.sandbox_id
+        ),
+        _ => format!(
+            "{container} is a container of {pod} on system {me}: it moves to {peer} as a plain \
+             containerd container (no pod there)"
+        ),
     }
 }
 

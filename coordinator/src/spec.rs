@@ -123,8 +123,8 @@ fn sandbox_refused(spec: &Value, r: &ContainerRef) -> Error {
         .unwrap_or_default();
     Error::Unsupported(format!(
         "{r} is a CRI pod sandbox{pod} (its pause container, holding the pod's namespaces): a \
-         sandbox cannot be migrated; migrate the pod's containers (k8s.io/<container id>), each \
-         becomes a plain container at the destination"
+         sandbox cannot be migrated; migrate the pod's containers (k8s.io/<container id>): each \
+         moves into a pod created through the destination's CRI, or as a plain container"
     ))
 }
 

@@ -11,6 +11,9 @@ use crate::containerd::Version;
 pub const UMS_HANDLER: &str = "ums";
 /// Runtime type of the UMS shim.
 pub const UMS_RUNTIME_TYPE: &str = "io.containerd.ums.v1";
+/// The container annotations CRI passes into the OCI spec for the ums handler: the restore
+/// marker `io.ums.restore` of a container a coordinator creates through CRI.
+pub const UMS_CONTAINER_ANNOTATIONS: &str = "io.ums.*";
 /// containerd's own runc shim, also configured (handler `runc`) to validate the harness.
 pub const RUNC_HANDLER: &str = "runc";
 pub const RUNC_RUNTIME_TYPE: &str = "io.containerd.runc.v2";
@@ -97,6 +100,7 @@ disabled_plugins = [
 
     [{cri}.containerd.runtimes.{ums}]
       runtime_type = "{ums_type}"
+      container_annotations = ["{ums_annotations}"]
 
   [{cri}.cni]
     bin_dir = "{cni_bin}"
@@ -113,6 +117,7 @@ disabled_plugins = [
         runc_root = q(&p.runc_cri_root),
         ums = UMS_HANDLER,
         ums_type = UMS_RUNTIME_TYPE,
+        ums_annotations = UMS_CONTAINER_ANNOTATIONS,
         cni_bin = CNI_BIN_DIR,
         cni_conf = q(&p.cni_conf_dir),
     )
@@ -175,6 +180,7 @@ disabled_plugins = [
 
     [{rt}.containerd.runtimes.{ums}]
       runtime_type = "{ums_type}"
+      container_annotations = ["{ums_annotations}"]
 
   [{rt}.cni]
     bin_dirs = ["{cni_bin}"]
@@ -195,6 +201,7 @@ disabled_plugins = [
         runc_root = q(&p.runc_cri_root),
         ums = UMS_HANDLER,
         ums_type = UMS_RUNTIME_TYPE,
+        ums_annotations = UMS_CONTAINER_ANNOTATIONS,
         cni_bin = CNI_BIN_DIR,
         cni_conf = q(&p.cni_conf_dir),
     )
@@ -254,6 +261,7 @@ mod tests {
         assert!(s.contains("version = 2"));
         assert!(s.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.ums]"));
         assert!(s.contains("runtime_type = \"io.containerd.ums.v1\""));
+        assert!(s.contains("container_annotations = [\"io.ums.*\"]"));
         assert!(s.contains("restrict_oom_score_adj = true"));
         assert!(s.contains("sandbox_image = \"localhost/ums-test/pause:1\""));
         assert!(s.contains("address = \"/run/ums-test/x/c.sock.ttrpc\""));
@@ -266,6 +274,7 @@ mod tests {
         assert!(s.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.ums]"));
         assert!(s.contains("[plugins.'io.containerd.cri.v1.images'.pinned_images]"));
         assert!(s.contains("sandbox = \"localhost/ums-test/pause:1\""));
+        assert!(s.contains("container_annotations = [\"io.ums.*\"]"));
     }
 
     #[test]

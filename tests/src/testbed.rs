@@ -462,11 +462,20 @@ impl Bed {
 
     /// `ums migrate --from <from> --to <to> REFERENCE --json`, run in `from`'s namespace.
     pub fn migrate(&self, from: &System, to: &System, reference: &str) -> Migration {
-        Migration::of(self.ums(
-            from,
-            &Self::migrate_args(from, to, reference),
-            Duration::from_secs(300),
-        ))
+        self.migrate_with(from, to, reference, &[])
+    }
+
+    /// The same with more options (`--to-interface cri`, ...).
+    pub fn migrate_with(
+        &self,
+        from: &System,
+        to: &System,
+        reference: &str,
+        extra: &[&str],
+    ) -> Migration {
+        let mut args = Self::migrate_args(from, to, reference).to_vec();
+        args.extend_from_slice(extra);
+        Migration::of(self.ums(from, &args, Duration::from_secs(300)))
     }
 
     /// The same in the background; [`Bed::finish_migrate`] collects it.

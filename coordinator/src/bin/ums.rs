@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::{info, warn, LevelFilter};
 
+use ums_coordinator::api::{DestInterface, Placement};
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
 use ums_coordinator::http::HttpClient;
@@ -153,6 +154,17 @@ struct MigrateArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The destination's interface for the new container: cri (a pod sandbox with runtime
+    /// handler ums and a container in it, as kubelet would) or containerd (a plain container).
+    /// [default: cri for a CRI container when the destination serves CRI, else containerd]
+    #[arg(long, value_name = "cri|containerd")]
+    to_interface: Option<DestInterface>,
+    /// cri: the namespace of the pod created at the destination [default: the source pod's].
+    #[arg(long, value_name = "NS")]
+    pod_namespace: Option<String>,
+    /// cri: the name of the pod created at the destination [default: the source pod's].
+    #[arg(long, value_name = "NAME")]
+    pod_name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -291,6 +303,11 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
     opts.timeout = Duration::from_secs(a.timeout);
     opts.token = a.client.token()?;
     opts.tls = a.client.tls()?;
+    opts.placement = Placement {
+        to_interface: a.to_interface,
+        pod_namespace: a.pod_namespace,
+        pod_name: a.pod_name,
+    };
     let quiet = a.quiet;
     let report = client::migrate(&opts, |p| {
         if !quiet {

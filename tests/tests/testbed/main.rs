@@ -12,6 +12,7 @@
 //! `cargo test -p ums-tests --test testbed -- --test-threads=1` (after `cargo build --workspace`).
 
 mod common;
+mod cri;
 mod failures;
 mod outer;
 mod ops;
@@ -47,6 +48,21 @@ fn ping_pong_10() {
 #[test]
 fn cri_container_a_to_b() {
     with_bed("cri_container_a_to_b", scenarios::cri_container_a_to_b);
+}
+
+#[test]
+fn cri_to_cri_and_back() {
+    with_bed("cri_to_cri_and_back", cri::cri_to_cri_and_back);
+}
+
+#[test]
+fn cri_fail_image_not_on_b() {
+    with_bed("cri_fail_image_not_on_b", cri::cri_image_not_on_b);
+}
+
+#[test]
+fn cri_fail_restore_on_b() {
+    with_bed("cri_fail_restore_on_b", cri::cri_restore_fails_on_b);
 }
 
 #[test]

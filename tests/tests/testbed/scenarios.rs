@@ -299,16 +299,27 @@ pub fn ping_pong_10(bed: &Bed) {
 /// namespace of its own as kubelet gives by default (`ums_tests::cri::Cri::create_container`
 /// sets no namespace options: CRI would join the pod's pid namespace). Dropping it removes the
 /// pod (through CRI) and the container from both systems, whatever the test's outcome.
-struct CriCounter<'a> {
+pub(crate) struct CriCounter<'a> {
     bed: &'a Bed,
     sys: &'a System,
-    pod: String,
-    cid: String,
+    pub(crate) pod: String,
+    pub(crate) cid: String,
 }
 
 impl<'a> CriCounter<'a> {
     #[track_caller]
-    fn start(bed: &'a Bed, sys: &'a System, name: &str) -> CriCounter<'a> {
+    pub(crate) fn start(bed: &'a Bed, sys: &'a System, name: &str) -> CriCounter<'a> {
+        Self::start_image(bed, sys, name, COUNTER_IMAGE)
+    }
+
+    /// The same with another image (the counter's, under another name).
+    #[track_caller]
+    pub(crate) fn start_image(
+        bed: &'a Bed,
+        sys: &'a System,
+        name: &str,
+        image: &str,
+    ) -> CriCounter<'a> {
         use k8s_cri::v1 as cri;
         let mut client = sys.cri().expect("CRI client");
         client
@@ -351,7 +362,7 @@ impl<'a> CriCounter<'a> {
                     attempt: 0,
                 }),
                 image: Some(cri::ImageSpec {
-                    image: COUNTER_IMAGE.into(),
+                    image: image.into(),
                     ..Default::default()
                 }),
                 log_path: "svc.log".into(),
@@ -431,11 +442,12 @@ impl Drop for CriCounter<'_> {
     }
 }
 
-/// A container started through CRI on A (pod with handler `ums`) migrates to B as a plain
-/// container of namespace k8s.io, same image: it counts on there from where it was, with its
-/// pod's hostname, without CRI labels and annotations, its cgroup under B's parent, unknown to
-/// B's CRI; on A, CRI no longer lists it (removed through CRI) and containerd holds nothing of
-/// it, while the pod sandbox stays (the report notes it). The sandbox itself is refused (422).
+/// A container started through CRI on A (pod with handler `ums`) migrates to B with
+/// `--to-interface containerd` as a plain container of namespace k8s.io, same image: it counts
+/// on there from where it was, with its pod's hostname, without CRI labels and annotations, its
+/// cgroup under B's parent, unknown to B's CRI; on A, CRI no longer lists it nor its pod (it
+/// was the pod's only container; removed through CRI) and containerd holds nothing of it. The
+/// sandbox itself is refused (422). Then back to A, as the plain container it now is.
 pub fn cri_container_a_to_b(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let svc = CriCounter::start(bed, a, "tbt-cri");
@@ -452,7 +464,7 @@ pub fn cri_container_a_to_b(bed: &Bed) {
 
     let reference = format!("k8s.io/{cid}");
     let t0 = Instant::now();
-    let m = bed.migrate(a, b, &reference);
+    let m = bed.migrate_with(a, b, &reference, &["--to-interface", "containerd"]);
     let Some(report) = m.report.as_ref().filter(|_| m.out.success()) else {
         panic!(
             "ums migrate {reference} a->b failed\n{}{}",
@@ -469,9 +481,10 @@ pub fn cri_container_a_to_b(bed: &Bed) {
     say(format!("cri container (a->b): {}", figures(report).line()));
     let notes = report["notes"].to_string();
     assert!(
-        notes.contains("pod ums-test/tbt-cri") && notes.contains("stays on a"),
-        "the report should note that the pod stays on A: {report}"
+        notes.contains("pod ums-test/tbt-cri") && notes.contains("removed through CRI"),
+        "the report should note that the emptied pod left A: {report}"
     );
+    assert_eq!(report["location"]["interface"], "containerd", "{report}");
 
     // B: a plain container of k8s.io, counting on.
     let ctr_b = b.ctr_k8s();
@@ -531,12 +544,12 @@ pub fn cri_container_a_to_b(bed: &Bed) {
     let (_, b_ctrs) = b.cri().and_then(|mut c| c.list()).expect("CRI list on B");
     assert!(!b_ctrs.contains(&cid), "B's CRI lists {cid}");
 
-    // A: CRI forgot it, containerd holds nothing of it, the pod stays.
+    // A: CRI forgot it and its pod, containerd holds nothing of it.
     let (pods, ctrs) = a.cri().and_then(|mut c| c.list()).expect("CRI list on A");
     assert!(!ctrs.contains(&cid), "A's CRI still lists {cid}: {ctrs:?}");
     assert!(
-        pods.contains(&svc.pod),
-        "the pod sandbox {} left A: {pods:?}",
+        !pods.contains(&svc.pod),
+        "the emptied pod sandbox {} is still on A: {pods:?}",
         svc.pod
     );
     let mut left = Vec::new();
@@ -558,6 +571,35 @@ pub fn cri_container_a_to_b(bed: &Bed) {
         diag(bed)
     );
     say(format!(
-        "cri container: {before} on A before, {after} then {later} on B; A's CRI lists the pod, not the container"
+        "cri container: {before} on A before, {after} then {later} on B; A's CRI lists neither pod nor container"
+    ));
+
+    // Back to A: a plain container there too.
+    let m = bed.migrate(b, a, &reference);
+    assert!(
+        m.ok(),
+        "ums migrate {reference} b->a failed\n{}{}",
+        m.out,
+        diag(bed)
+    );
+    let report = m.report.as_ref().expect("report");
+    let bad = report_problems(report, &reference, b, a);
+    assert!(bad.is_empty(), "report b->a: {}\n{report}", bad.join("; "));
+    assert_eq!(report["location"]["interface"], "containerd", "{report}");
+    let back = svc.wait(a, "back on A", |v| v > later);
+    assert_eq!(a.ctr_k8s().expect_task(&cid).status, "RUNNING");
+    let mut left = Vec::new();
+    let clean = ums_tests::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        left = bed.leftovers(b, "k8s.io", &cid, false);
+        left.is_empty().then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "B still holds {cid}:\n  {}{}",
+        left.join("\n  "),
+        diag(bed)
+    );
+    say(format!(
+        "cri container: back on A at {back}, B holds nothing"
     ));
 }
