@@ -31,6 +31,9 @@ pub struct MigrateRequest {
     pub container: String,
     /// The destination coordinator's URL, `http://host:port`.
     pub to: String,
+    /// The service's stable endpoint on the destination (the Frontman, `expose.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -318,6 +321,9 @@ pub struct Report {
     /// What the user should know, e.g. that a CRI container's pod stays on the source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The service's stable endpoint on the destination, for an exposed service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::expose::EndpointReport>,
 }
 
 /// One migration as a coordinator tracks it (`GET /v1/migrations`).
@@ -460,6 +466,7 @@ mod tests {
             },
             warnings: vec![],
             notes: vec![],
+            endpoint: None,
         }
     }
 

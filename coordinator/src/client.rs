@@ -18,6 +18,8 @@ pub struct MigrateOptions {
     pub poll: Duration,
     /// Sent as a bearer token (the client endpoints do not require one yet).
     pub token: Option<String>,
+    /// The service's stable endpoint on the destination.
+    pub endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 impl MigrateOptions {
@@ -29,6 +31,7 @@ impl MigrateOptions {
             timeout: Duration::from_secs(1800),
             poll: Duration::from_millis(100),
             token: None,
+            endpoint: None,
         }
     }
 }
@@ -83,6 +86,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
             &MigrateRequest {
                 container: opts.container.clone(),
                 to: opts.to.clone(),
+                endpoint: opts.endpoint.clone(),
             },
             Duration::from_secs(60),
         )

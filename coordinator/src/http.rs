@@ -46,6 +46,10 @@ impl HttpClient {
         self.call(Method::POST, url, Some(body), timeout).await
     }
 
+    pub async fn delete<R: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<R> {
+        self.call::<(), R>(Method::DELETE, url, None, timeout).await
+    }
+
     async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,

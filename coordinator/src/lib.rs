@@ -8,7 +8,9 @@
 //! - [`client`]: `ums migrate`;
 //! - [`spec`]: the destination container's spec (restore marker, netns, cgroups, CRI pods);
 //! - [`mounts`]: bind mounts whose source exists on the source system only;
-//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source.
+//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source;
+//! - [`frontman`], [`exposures`], [`handover`]: the service's stable endpoints (`ums expose`)
+//!   and how they follow a migration.
 pub mod api;
 pub mod client;
 pub mod containerd;
@@ -16,6 +18,11 @@ pub mod coordinator;
 pub mod cri;
 pub mod dest;
 pub mod error;
+pub mod expose;
+pub mod expose_api;
+pub mod exposures;
+pub mod frontman;
+pub mod handover;
 pub mod http;
 pub mod image;
 pub mod logger;
@@ -24,6 +31,7 @@ pub mod refs;
 pub mod registry;
 pub mod server;
 pub mod shim;
+pub mod sockets;
 pub mod source;
 pub mod spec;
 

@@ -64,6 +64,7 @@ pub fn router(c: Shared) -> Router {
         .route("/v1/migrations/{id}", get(show))
         .route("/v1/migrations/{id}/restore", post(restore))
         .route("/v1/migrations/{id}/abort", post(abort))
+        .merge(crate::expose_api::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(c)

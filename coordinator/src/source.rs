@@ -65,6 +65,8 @@ struct Plan {
     shim: Shim,
     containerd: Containerd,
     started: Instant,
+    /// `ums migrate`'s choice of the destination's endpoint (the Frontman).
+    endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 impl Coordinator {
@@ -79,6 +81,7 @@ impl Coordinator {
         let started = Instant::now();
         let container = ContainerRef::parse(&req.container)?;
         let to = PeerUrl::parse(&req.to)?;
+        crate::handover::check_options(req.endpoint.as_ref())?;
         let id = new_migration_id()?;
         self.registry
             .begin(&id, &container, Role::Source, to.base())?;
@@ -86,7 +89,7 @@ impl Coordinator {
             "migration {id}: {container} from {} to {to} requested",
             self.name()
         );
-        let plan = match self.plan(&id, &container, &to, source_url, started).await {
+        let mut plan = match self.plan(&id, &container, &to, source_url, started).await {
             Ok(p) => p,
             Err(e) => {
                 warn!("migration {id}: refused: {e}");
@@ -101,6 +104,7 @@ impl Coordinator {
             destination_system: plan.peer_name.clone(),
             destination: to.base().to_string(),
         };
+        plan.endpoint = req.endpoint;
         let me = Arc::clone(self);
         tokio::spawn(async move { me.run(plan).await });
         Ok(accepted)
@@ -211,6 +215,7 @@ impl Coordinator {
             shim,
             containerd: cd,
             started,
+            endpoint: None,
         })
     }
 
@@ -277,6 +282,14 @@ impl Coordinator {
             }
         };
         let peer_addr = stream_address(&inc.address, p.to.host());
+        // The destination's endpoint, before anything is frozen.
+        if let Err(e) = self
+            .endpoint_prepare(id, &p.container, &p.to, &p.peer_name, p.endpoint.as_ref())
+            .await
+        {
+            let notes = self.abort_destination(p).await;
+            return Err(with_outcome(e, Outcome::Untouched, &notes));
+        }
         let pre_ms = ms(p.started.elapsed());
         self.registry
             .update_phases(id, |ph| ph.pre_migration = Some(pre_ms));
@@ -291,6 +304,9 @@ impl Coordinator {
             "migration {id}: checkpoint: dumping {} to {peer_addr}",
             p.container
         );
+        if let Err(e) = self.endpoint_hold(id, &p.containerd, &p.container).await {
+            return Err(self.abort_both(p, e).await);
+        }
         let progress = self.spawn_progress(p.shim.clone(), id.clone());
         let dump_start = Instant::now();
         let dump = p
@@ -342,6 +358,8 @@ impl Coordinator {
             restored.restore_ms, p.peer_name, p.container, restored.pid
         );
 
+        let endpoint = self.endpoint_commit(id).await;
+
         // Post-migration: the service ends here.
         self.registry.set_phase(id, Phase::PostMigration);
         let post_start = Instant::now();
@@ -388,6 +406,7 @@ impl Coordinator {
             },
             warnings,
             notes: p.notes.clone(),
+            endpoint,
         })
     }
 
@@ -432,6 +451,7 @@ impl Coordinator {
                 }
             },
         }
+        notes.extend(self.endpoint_abort(id).await);
         notes.extend(self.abort_destination(p).await);
         let outcome = if notes.iter().any(|n| n.starts_with("source")) {
             Outcome::MaybeFrozen

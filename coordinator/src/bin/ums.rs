@@ -11,6 +11,7 @@ use log::{info, warn, LevelFilter};
 
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
+use ums_coordinator::expose::{self, EndpointOptions, ExposeRequest, Mode};
 use ums_coordinator::http::HttpClient;
 use ums_coordinator::refs::PeerUrl;
 use ums_coordinator::spec::validate_cgroup_parent;
@@ -39,6 +40,11 @@ enum Command {
     Migrate(MigrateArgs),
     /// List the migrations a coordinator knows (JSON).
     List(ListArgs),
+    /// Publish a container's service on a stable endpoint of its system (the Frontman), which
+    /// follows the service when it migrates; without NS/NAME: list the endpoints (JSON).
+    Expose(ExposeArgs),
+    /// Remove an endpoint made by `ums expose` (or by a migration).
+    Unexpose(UnexposeArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +116,59 @@ struct MigrateArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The service's stable endpoint on the destination, IP:PORT [default: the source
+    /// endpoint's port on the destination's address].
+    #[arg(long, value_name = "IP:PORT")]
+    endpoint_listen: Option<String>,
+    /// The service's address on the destination, IP:PORT [default: the source endpoint's
+    /// target, with the source system's address replaced by the destination's].
+    #[arg(long, value_name = "IP:PORT")]
+    endpoint_target: Option<String>,
+    /// The destination endpoint's mode [default: the source endpoint's, else tcp].
+    #[arg(long, value_name = "tcp|http")]
+    endpoint_mode: Option<Mode>,
+}
+
+#[derive(clap::Args)]
+struct ExposeArgs {
+    /// The coordinator of the container's system, http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// The container, NAMESPACE/NAME; without it the endpoints are listed.
+    #[arg(value_name = "NS/NAME", requires_all = ["listen", "target"])]
+    container: Option<String>,
+    /// The stable endpoint.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<String>,
+    /// The service's address on this system.
+    #[arg(long, value_name = "IP:PORT")]
+    target: Option<String>,
+    /// While the service is frozen: tcp holds new connections, http answers 503 with
+    /// Retry-After.
+    #[arg(long, value_name = "tcp|http", default_value = "tcp")]
+    mode: Mode,
+    /// TCP mode: the longest a connection is held, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    hold_timeout: u64,
+    /// Before the freeze: the longest open connections may take to end (then cut), seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    drain_timeout: u64,
+    /// After the service moved: how long this endpoint forwards to the new one, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    grace: u64,
+    /// HTTP mode: the Retry-After of the 503 answers, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    retry_after: u32,
+}
+
+#[derive(clap::Args)]
+struct UnexposeArgs {
+    /// The coordinator of the endpoint's system, http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// The endpoint's id, or its container's NAMESPACE/NAME.
+    #[arg(value_name = "ID|NS/NAME")]
+    which: String,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +196,8 @@ fn main() -> ExitCode {
             Command::Coordinator(a) => run_coordinator(a).await,
             Command::Migrate(a) => run_migrate(a).await,
             Command::List(a) => run_list(a).await,
+            Command::Expose(a) => run_expose(a).await,
+            Command::Unexpose(a) => run_unexpose(a).await,
         }
     });
     match res {
@@ -211,6 +272,12 @@ async fn shutdown_signal() {
 async fn run_migrate(a: MigrateArgs) -> Result<()> {
     let mut opts = MigrateOptions::new(&a.from, &a.to, &a.container);
     opts.timeout = Duration::from_secs(a.timeout);
+    let endpoint = EndpointOptions {
+        listen: a.endpoint_listen,
+        target: a.endpoint_target,
+        mode: a.endpoint_mode,
+    };
+    opts.endpoint = (!endpoint.is_empty()).then_some(endpoint);
     if let Some(f) = &a.token_file {
         opts.token = Some(read_token_file(f).context("--token-file")?);
     }
@@ -229,6 +296,9 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
         );
     } else {
         println!("{}", report.summary());
+        if let Some(e) = &report.endpoint {
+            println!("{}", e.line());
+        }
     }
     Ok(())
 }
@@ -242,6 +312,36 @@ async fn run_list(a: ListArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(&v).context("encoding the list")?
+    );
+    Ok(())
+}
+
+async fn run_expose(a: ExposeArgs) -> Result<()> {
+    let out = match (a.container, a.listen, a.target) {
+        (Some(c), Some(listen), Some(target)) => {
+            let mut req = ExposeRequest::new(&c, &listen, &target, a.mode);
+            req.hold_timeout_secs = a.hold_timeout;
+            req.drain_timeout_secs = a.drain_timeout;
+            req.grace_secs = a.grace;
+            req.retry_after_secs = a.retry_after;
+            let info = expose::expose(&a.coordinator, &req)
+                .await
+                .with_context(|| format!("exposing {c} on {listen}"))?;
+            serde_json::to_string(&info)
+        }
+        _ => serde_json::to_string_pretty(&expose::list(&a.coordinator).await?),
+    };
+    println!("{}", out.context("encoding the answer")?);
+    Ok(())
+}
+
+async fn run_unexpose(a: UnexposeArgs) -> Result<()> {
+    let info = expose::unexpose(&a.coordinator, &a.which)
+        .await
+        .with_context(|| format!("removing the endpoint {}", a.which))?;
+    println!(
+        "{}",
+        serde_json::to_string(&info).context("encoding the answer")?
     );
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 mod common;
 mod failures;
+mod frontman;
 mod scenarios;
 
 use common::with_bed;
@@ -75,4 +76,14 @@ fn refuse_second_migration() {
 #[test]
 fn refuse_bad_refs() {
     with_bed("refuse_bad_refs", failures::bad_refs);
+}
+
+#[test]
+fn frontman_tcp_mode() {
+    with_bed("frontman_tcp_mode", frontman::tcp_mode);
+}
+
+#[test]
+fn frontman_http_mode() {
+    with_bed("frontman_http_mode", frontman::http_mode);
 }
