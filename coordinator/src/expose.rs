@@ -227,9 +227,7 @@ pub async fn unexpose(coordinator: &str, which: &str) -> Result<ExposureInfo> {
             .into_iter()
             .find(|e| e.container == which)
             .map(|e| e.id)
-            .ok_or_else(|| {
-                Error::NotFound(format!("{at} has no endpoint for container {which}"))
-            })?
+            .ok_or_else(|| Error::NotFound(format!("{at} has no endpoint for container {which}")))?
     } else {
         which.to_string()
     };
@@ -268,14 +266,21 @@ mod tests {
         .unwrap();
         assert_eq!(
             r,
-            ExposeRequest::new("default/web", "10.77.0.1:18080", "10.77.0.1:8080", Mode::Tcp)
+            ExposeRequest::new(
+                "default/web",
+                "10.77.0.1:18080",
+                "10.77.0.1:8080",
+                Mode::Tcp
+            )
         );
         let r: ExposeRequest =
             parse_body(br#"{"ref":"default/web","listen":"a","target":"b","mode":"http"}"#)
                 .unwrap();
         assert_eq!(r.mode, Mode::Http);
-        let e = parse_body::<ExposeRequest>(br#"{"ref":"default/web","listen":"a","target":"b","mode":"udp"}"#)
-            .unwrap_err();
+        let e = parse_body::<ExposeRequest>(
+            br#"{"ref":"default/web","listen":"a","target":"b","mode":"udp"}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("udp"), "{e}");
     }
 

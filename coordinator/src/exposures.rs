@@ -210,7 +210,9 @@ fn bounded(what: &str, v: u64, min: u64, max: u64) -> Result<Duration> {
     if (min..=max).contains(&v) {
         Ok(Duration::from_secs(v))
     } else {
-        Err(Error::BadRequest(format!("{what} {v} is not in {min}..={max}")))
+        Err(Error::BadRequest(format!(
+            "{what} {v} is not in {min}..={max}"
+        )))
     }
 }
 
@@ -225,9 +227,18 @@ impl Coordinator {
         let container = ContainerRef::parse(&req.container)?;
         let listen = socket_addr("listen", &req.listen)?;
         let target = socket_addr("target", &req.target)?;
-        let hold_timeout = bounded("hold_timeout_secs", req.hold_timeout_secs, 1, MAX_TIMEOUT_SECS)?;
-        let drain_timeout =
-            bounded("drain_timeout_secs", req.drain_timeout_secs, 0, MAX_TIMEOUT_SECS)?;
+        let hold_timeout = bounded(
+            "hold_timeout_secs",
+            req.hold_timeout_secs,
+            1,
+            MAX_TIMEOUT_SECS,
+        )?;
+        let drain_timeout = bounded(
+            "drain_timeout_secs",
+            req.drain_timeout_secs,
+            0,
+            MAX_TIMEOUT_SECS,
+        )?;
         let grace = bounded("grace_secs", req.grace_secs, 0, MAX_GRACE_SECS)?;
         bounded(
             "retry_after_secs",
@@ -264,14 +275,15 @@ impl Coordinator {
         } else {
             Route::Forward(target)
         };
-        let frontman = Frontman::bind(listen, route, settings)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    Error::Conflict(format!("{listen} is already in use on system {me}"))
-                }
-                _ => Error::io(format!("listening on {listen} on system {me}"), e),
-            })?;
+        let frontman =
+            Frontman::bind(listen, route, settings)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        Error::Conflict(format!("{listen} is already in use on system {me}"))
+                    }
+                    _ => Error::io(format!("listening on {listen} on system {me}"), e),
+                })?;
         let id = format!("x-{}", random_hex(6)?);
         let e = Arc::new(Exposure {
             id: id.clone(),

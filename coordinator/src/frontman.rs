@@ -460,14 +460,24 @@ mod tests {
             }
         })
         .await;
-        assert!(waited.is_ok(), "the connection was not held: {:?}", f.stats());
+        assert!(
+            waited.is_ok(),
+            "the connection was not held: {:?}",
+            f.stats()
+        );
         assert!(!held.is_finished());
         f.forward(b);
         assert_eq!(held.await.unwrap().unwrap(), "b");
         let st = f.stats();
-        assert_eq!((st.accepted, st.forwarded, st.held, st.failed), (2, 2, 1, 0));
+        assert_eq!(
+            (st.accepted, st.forwarded, st.held, st.failed),
+            (2, 2, 1, 0)
+        );
         drop(f);
-        assert!(request(at).await.is_err(), "the endpoint outlived its Frontman");
+        assert!(
+            request(at).await.is_err(),
+            "the endpoint outlived its Frontman"
+        );
     }
 
     #[tokio::test]

@@ -54,11 +54,13 @@ pub fn map_addr(addr: SocketAddr, here: &[IpAddr], there: IpAddr) -> SocketAddr 
 /// Checks `ums migrate`'s endpoint options before anything is touched.
 pub fn check_options(o: Option<&EndpointOptions>) -> Result<()> {
     let Some(o) = o else { return Ok(()) };
-    for (what, v) in [("endpoint listen", &o.listen), ("endpoint target", &o.target)] {
+    for (what, v) in [
+        ("endpoint listen", &o.listen),
+        ("endpoint target", &o.target),
+    ] {
         if let Some(v) = v {
-            v.parse::<SocketAddr>().map_err(|e| {
-                Error::BadRequest(format!("{what} {v:?} must be IP:PORT: {e}"))
-            })?;
+            v.parse::<SocketAddr>()
+                .map_err(|e| Error::BadRequest(format!("{what} {v:?} must be IP:PORT: {e}")))?;
         }
     }
     Ok(())
@@ -120,8 +122,14 @@ impl Coordinator {
                 };
                 ExposeRequest {
                     container: container.to_string(),
-                    listen: opts.listen.clone().map_or_else(|| mapped(&info.listen), Ok)?,
-                    target: opts.target.clone().map_or_else(|| mapped(&info.target), Ok)?,
+                    listen: opts
+                        .listen
+                        .clone()
+                        .map_or_else(|| mapped(&info.listen), Ok)?,
+                    target: opts
+                        .target
+                        .clone()
+                        .map_or_else(|| mapped(&info.target), Ok)?,
                     mode: opts.mode.unwrap_or(info.mode),
                     hold_timeout_secs: info.hold_timeout_secs,
                     drain_timeout_secs: info.drain_timeout_secs,
@@ -258,15 +266,14 @@ impl Coordinator {
             );
         }
         let url = h.peer.join(&format!("/v1/expose/{}", h.dest.id));
-        match self
-            .peers
-            .delete::<ExposureInfo>(&url, PEER_TIMEOUT)
-            .await
-        {
+        match self.peers.delete::<ExposureInfo>(&url, PEER_TIMEOUT).await {
             Ok(_) => Vec::new(),
             Err(e) => {
                 warn!("migration {id}: removing the destination's endpoint: {e}");
-                vec![format!("destination endpoint {} not removed: {e}", h.dest.id)]
+                vec![format!(
+                    "destination endpoint {} not removed: {e}",
+                    h.dest.id
+                )]
             }
         }
     }

@@ -227,7 +227,12 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
     };
     let script = httpd_script(port);
     a.ctr()
-        .run_image_detached(id, BUSYBOX_IMAGE, &["--net-host"], &["/bin/sh", "-c", &script])
+        .run_image_detached(
+            id,
+            BUSYBOX_IMAGE,
+            &["--net-host"],
+            &["/bin/sh", "-c", &script],
+        )
         .expect_ok(&format!("ctr run --net-host {id} on a"));
     a.ctr().wait_status(id, "RUNNING", Duration::from_secs(30));
 
@@ -260,12 +265,14 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
 
     // httpd may still be starting: the first count through the endpoint.
     let netns_a = bed.netns(a);
-    let first = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-        match in_netns(&netns_a, move || request(a_endpoint)) {
+    let first = wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || match in_netns(&netns_a, move || request(a_endpoint)) {
             Answer::Count(n) => Some(n),
             _ => None,
-        }
-    })
+        },
+    )
     .unwrap_or_else(|| {
         panic!(
             "{mode}: no count through a's endpoint {a_endpoint} within 20 s; service log:\n{}",
@@ -277,7 +284,14 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
     let client = Client::start(&netns_a, a_endpoint);
     client.wait_more(20, "before the migration");
     let m = bed.migrate(a, b, &reference);
-    let f = check_migration(bed, &m, a, b, id, &format!("httpd behind the frontman ({mode})"));
+    let f = check_migration(
+        bed,
+        &m,
+        a,
+        b,
+        id,
+        &format!("httpd behind the frontman ({mode})"),
+    );
     // Requests through a's endpoint go on after the migration (the service is gone from a).
     client.wait_more(20, "after the migration");
     let answers = client.finish();
@@ -285,7 +299,11 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
     let report = m.report.as_ref().expect("a report");
     let ep = &report["endpoint"];
     assert_eq!(
-        (ep["endpoint"].as_str(), ep["system"].as_str(), ep["previous"].as_str()),
+        (
+            ep["endpoint"].as_str(),
+            ep["system"].as_str(),
+            ep["previous"].as_str()
+        ),
         (
             Some(b_endpoint.to_string().as_str()),
             Some("b"),
@@ -346,7 +364,11 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
             w[0]
         );
     }
-    assert_eq!(counts.first(), Some(&(first + 1)), "{mode}: the loop's first count");
+    assert_eq!(
+        counts.first(),
+        Some(&(first + 1)),
+        "{mode}: the loop's first count"
+    );
 
     // a's endpoint forwards to b's, which forwards to the service on b.
     assert_eq!(a_info["state"], "moved", "{mode}: a's endpoint {a_info}");
@@ -355,7 +377,10 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
         b_endpoint.to_string(),
         "{mode}: {a_info}"
     );
-    assert_eq!(b_info["state"], "forwarding", "{mode}: b's endpoint {b_info}");
+    assert_eq!(
+        b_info["state"], "forwarding",
+        "{mode}: b's endpoint {b_info}"
+    );
     assert!(
         b_info["stats"]["forwarded"].as_u64().unwrap_or(0) >= 20,
         "{mode}: the requests after the migration did not reach b: {b_info}"
@@ -375,7 +400,10 @@ fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
     // Told the new endpoint, the requester lets a's go; then b's.
     unexpose(bed, a, &reference).expect_ok("ums unexpose on a");
     assert!(
-        matches!(in_netns(&netns_a, move || request(a_endpoint)), Answer::Failed(_)),
+        matches!(
+            in_netns(&netns_a, move || request(a_endpoint)),
+            Answer::Failed(_)
+        ),
         "{mode}: a's endpoint still answers after ums unexpose"
     );
     assert_eq!(
