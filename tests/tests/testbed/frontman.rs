@@ -190,6 +190,28 @@ fn unexpose(bed: &Bed, sys: &System, which: &str) -> ums_tests::Output {
     )
 }
 
+/// The service on a's host network, listening on `port`.
+fn start_httpd<'a>(bed: &'a Bed, id: &str, port: u16) -> Svc<'a> {
+    let a = &bed.a;
+    a.ctr().remove_best_effort(id);
+    bed.b.ctr().remove_best_effort(id);
+    let svc = Svc {
+        bed,
+        id: id.to_string(),
+    };
+    let script = httpd_script(port);
+    a.ctr()
+        .run_image_detached(
+            id,
+            BUSYBOX_IMAGE,
+            &["--net-host"],
+            &["/bin/sh", "-c", &script],
+        )
+        .expect_ok(&format!("ctr run --net-host {id} on a"));
+    a.ctr().wait_status(id, "RUNNING", Duration::from_secs(30));
+    svc
+}
+
 /// The endpoints `sys`'s coordinator lists.
 #[track_caller]
 fn endpoints(bed: &Bed, sys: &System) -> Vec<Value> {
@@ -219,22 +241,7 @@ fn endpoint_of(bed: &Bed, sys: &System, reference: &str) -> Value {
 fn scenario(bed: &Bed, mode: &str, id: &str, port: u16, endpoint_port: u16) {
     let (a, b) = (&bed.a, &bed.b);
     let reference = reference(id);
-    a.ctr().remove_best_effort(id);
-    b.ctr().remove_best_effort(id);
-    let svc = Svc {
-        bed,
-        id: id.to_string(),
-    };
-    let script = httpd_script(port);
-    a.ctr()
-        .run_image_detached(
-            id,
-            BUSYBOX_IMAGE,
-            &["--net-host"],
-            &["/bin/sh", "-c", &script],
-        )
-        .expect_ok(&format!("ctr run --net-host {id} on a"));
-    a.ctr().wait_status(id, "RUNNING", Duration::from_secs(30));
+    let svc = start_httpd(bed, id, port);
 
     let a_endpoint: SocketAddr = format!("{A_IP}:{endpoint_port}").parse().unwrap();
     let b_endpoint: SocketAddr = format!("{B_IP}:{endpoint_port}").parse().unwrap();
@@ -432,4 +439,80 @@ pub fn tcp_mode(bed: &Bed) {
 
 pub fn http_mode(bed: &Bed) {
     scenario(bed, "http", "ufm-http", 8081, 18081);
+}
+
+/// A client connected to the service directly (bypassing the endpoint) holds an established
+/// connection that CRIU cannot dump: the migration is refused before the freeze with that
+/// reason, the service runs on at a with its count, a's endpoint forwards to it again and b
+/// holds nothing (no container, no endpoint).
+pub fn bypass_refused(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let (id, port, endpoint_port) = ("ufm-bypass", 8082, 18082);
+    let reference = reference(id);
+    let svc = start_httpd(bed, id, port);
+    let _cleanup = Endpoints {
+        bed,
+        reference: reference.clone(),
+    };
+    let a_endpoint: SocketAddr = format!("{A_IP}:{endpoint_port}").parse().unwrap();
+    let service: SocketAddr = format!("{A_IP}:{port}").parse().unwrap();
+    bed.ums(
+        a,
+        &[
+            "expose",
+            "--coordinator",
+            &a.url,
+            &reference,
+            "--listen",
+            &a_endpoint.to_string(),
+            "--target",
+            &service.to_string(),
+            "--drain-timeout",
+            "1",
+        ],
+        Duration::from_secs(30),
+    )
+    .expect_ok("ums expose on a");
+    let netns_a = bed.netns(a);
+    let before = wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || match in_netns(&netns_a, move || request(a_endpoint)) {
+            Answer::Count(n) => Some(n),
+            _ => None,
+        },
+    )
+    .expect("a count through a's endpoint");
+    // Half a request straight to the service (for a page that does not count): httpd's child
+    // waits for the rest.
+    let direct = in_netns(&netns_a, move || {
+        let mut s = TcpStream::connect(service).expect("connecting to the service directly");
+        s.write_all(b"GET /index.html HTTP/1.0\r\n").unwrap();
+        s
+    });
+    let m = bed.migrate(a, b, &reference);
+    assert_refused(
+        bed,
+        &m,
+        &[
+            "CRIU cannot checkpoint established connections",
+            "ESTABLISHED",
+        ],
+        "a migration with a connection bypassing the endpoint",
+    );
+    drop(direct);
+    svc.assert_running(a, "httpd on a after the refused migration");
+    assert_nothing_left(bed, b, id, false, "b after the refused migration");
+    assert!(
+        endpoints(bed, b).is_empty(),
+        "b kept an endpoint: {:?}",
+        endpoints(bed, b)
+    );
+    let info = endpoint_of(bed, a, &reference);
+    assert_eq!(info["state"], "forwarding", "a's endpoint: {info}");
+    assert_eq!(
+        in_netns(&netns_a, move || request(a_endpoint)),
+        Answer::Count(before + 1),
+        "a's endpoint after the refused migration"
+    );
 }

@@ -87,3 +87,8 @@ fn frontman_tcp_mode() {
 fn frontman_http_mode() {
     with_bed("frontman_http_mode", frontman::http_mode);
 }
+
+#[test]
+fn frontman_bypass_refused() {
+    with_bed("frontman_bypass_refused", frontman::bypass_refused);
+}
