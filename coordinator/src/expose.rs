@@ -200,29 +200,31 @@ impl EndpointReport {
 }
 
 /// `POST /v1/expose` at `coordinator`.
-pub async fn expose(coordinator: &str, req: &ExposeRequest) -> Result<ExposureInfo> {
+pub async fn expose(
+    http: &HttpClient,
+    coordinator: &str,
+    req: &ExposeRequest,
+) -> Result<ExposureInfo> {
     let at = PeerUrl::parse(coordinator)?;
-    HttpClient::new(None)
-        .post(&at.join("/v1/expose"), req, CALL_TIMEOUT)
+    http.post(&at.join("/v1/expose"), req, CALL_TIMEOUT)
         .await
         .map_err(|e| refused(e, &at, "expose"))
 }
 
 /// `GET /v1/expose` at `coordinator`.
-pub async fn list(coordinator: &str) -> Result<Vec<ExposureInfo>> {
+pub async fn list(http: &HttpClient, coordinator: &str) -> Result<Vec<ExposureInfo>> {
     let at = PeerUrl::parse(coordinator)?;
-    HttpClient::new(None)
-        .get(&at.join("/v1/expose"), CALL_TIMEOUT)
+    http.get(&at.join("/v1/expose"), CALL_TIMEOUT)
         .await
         .map_err(|e| refused(e, &at, "list the endpoints"))
 }
 
 /// `DELETE /v1/expose/{id}` at `coordinator`; `which` is an exposure id or the container's
 /// `namespace/name`.
-pub async fn unexpose(coordinator: &str, which: &str) -> Result<ExposureInfo> {
+pub async fn unexpose(http: &HttpClient, coordinator: &str, which: &str) -> Result<ExposureInfo> {
     let at = PeerUrl::parse(coordinator)?;
     let id = if which.contains('/') {
-        list(coordinator)
+        list(http, coordinator)
             .await?
             .into_iter()
             .find(|e| e.container == which)
@@ -231,8 +233,7 @@ pub async fn unexpose(coordinator: &str, which: &str) -> Result<ExposureInfo> {
     } else {
         which.to_string()
     };
-    HttpClient::new(None)
-        .delete(&at.join(&format!("/v1/expose/{id}")), CALL_TIMEOUT)
+    http.delete(&at.join(&format!("/v1/expose/{id}")), CALL_TIMEOUT)
         .await
         .map_err(|e| refused(e, &at, "unexpose"))
 }

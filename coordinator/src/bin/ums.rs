@@ -159,6 +159,9 @@ struct ExposeArgs {
     /// HTTP mode: the Retry-After of the 503 answers, seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     retry_after: u32,
+    /// Send this file's token as a bearer token.
+    #[arg(long, value_name = "FILE", env = "UMS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +172,9 @@ struct UnexposeArgs {
     /// The endpoint's id, or its container's NAMESPACE/NAME.
     #[arg(value_name = "ID|NS/NAME")]
     which: String,
+    /// Send this file's token as a bearer token.
+    #[arg(long, value_name = "FILE", env = "UMS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -316,7 +322,16 @@ async fn run_list(a: ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// The client of `ums expose`/`unexpose`, with the bearer token of `token_file`.
+fn expose_client(token_file: Option<&PathBuf>) -> Result<HttpClient> {
+    let token = token_file
+        .map(|f| read_token_file(f).context("--token-file"))
+        .transpose()?;
+    Ok(HttpClient::new(token))
+}
+
 async fn run_expose(a: ExposeArgs) -> Result<()> {
+    let http = expose_client(a.token_file.as_ref())?;
     let out = match (a.container, a.listen, a.target) {
         (Some(c), Some(listen), Some(target)) => {
             let mut req = ExposeRequest::new(&c, &listen, &target, a.mode);
@@ -324,19 +339,20 @@ async fn run_expose(a: ExposeArgs) -> Result<()> {
             req.drain_timeout_secs = a.drain_timeout;
             req.grace_secs = a.grace;
             req.retry_after_secs = a.retry_after;
-            let info = expose::expose(&a.coordinator, &req)
+            let info = expose::expose(&http, &a.coordinator, &req)
                 .await
                 .with_context(|| format!("exposing {c} on {listen}"))?;
             serde_json::to_string(&info)
         }
-        _ => serde_json::to_string_pretty(&expose::list(&a.coordinator).await?),
+        _ => serde_json::to_string_pretty(&expose::list(&http, &a.coordinator).await?),
     };
     println!("{}", out.context("encoding the answer")?);
     Ok(())
 }
 
 async fn run_unexpose(a: UnexposeArgs) -> Result<()> {
-    let info = expose::unexpose(&a.coordinator, &a.which)
+    let http = expose_client(a.token_file.as_ref())?;
+    let info = expose::unexpose(&http, &a.coordinator, &a.which)
         .await
         .with_context(|| format!("removing the endpoint {}", a.which))?;
     println!(
