@@ -34,6 +34,9 @@ pub struct MigrateRequest {
     /// Where and how the destination creates the container.
     #[serde(flatten)]
     pub placement: Placement,
+    /// The service's stable endpoint on the destination (the Frontman, `expose.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 /// The interface through which the destination creates the container (see
@@ -477,6 +480,9 @@ pub struct Report {
     /// What the user should know, e.g. that a CRI container's pod stays on the source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The service's stable endpoint on the destination, for an exposed service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::expose::EndpointReport>,
 }
 
 /// One migration as a coordinator tracks it (`GET /v1/migrations`).
@@ -624,6 +630,7 @@ pub(crate) mod tests {
             },
             warnings: vec![],
             notes: vec![],
+            endpoint: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct MigrateOptions {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The destination interface and pod.
     pub placement: Placement,
+    /// The service's stable endpoint on the destination.
+    pub endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 impl MigrateOptions {
@@ -37,6 +39,7 @@ impl MigrateOptions {
             token: None,
             tls: None,
             placement: Placement::default(),
+            endpoint: None,
         }
     }
 }
@@ -93,6 +96,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
                 container: opts.container.clone(),
                 to: opts.to.clone(),
                 placement: opts.placement.clone(),
+                endpoint: opts.endpoint.clone(),
             },
             Duration::from_secs(60),
         )

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::containerd::Containerd;
 use crate::dest::DestEntry;
 use crate::error::{Error, Result};
+use crate::exposures::Exposures;
 use crate::http::HttpClient;
 use crate::registry::Registry;
 
@@ -87,6 +88,8 @@ pub struct Coordinator {
     pub(crate) peers: HttpClient,
     /// Destination-side migrations with resources on this system.
     pub(crate) incoming: Mutex<HashMap<String, Arc<DestEntry>>>,
+    /// The stable endpoints of services of this system (the Frontman).
+    pub(crate) exposures: Exposures,
 }
 
 impl Coordinator {
@@ -97,6 +100,7 @@ impl Coordinator {
             registry: Registry::new(),
             peers,
             incoming: Mutex::new(HashMap::new()),
+            exposures: Exposures::default(),
         })
     }
 

@@ -80,6 +80,10 @@ impl HttpClient {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
+    pub async fn delete<R: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<R> {
+        self.call::<(), R>(Method::DELETE, url, None, timeout).await
+    }
+
     async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,

@@ -12,6 +12,8 @@
 //!   its removal there, pods and containers created at the destination);
 //! - [`adapter`]: the destination's interface, containerd ([`dest`]) or CRI ([`dest_cri`]);
 //!   [`go_json`] reads the CRI configs containerd reports.
+//! - [`frontman`], [`exposures`], [`handover`]: the service's stable endpoints (`ums expose`)
+//!   and how they follow a migration.
 pub mod adapter;
 pub mod api;
 pub mod client;
@@ -22,6 +24,11 @@ pub mod dest;
 pub mod dest_cri;
 pub mod error;
 pub mod go_json;
+pub mod expose;
+pub mod expose_api;
+pub mod exposures;
+pub mod frontman;
+pub mod handover;
 pub mod http;
 pub mod image;
 pub mod logger;
@@ -31,6 +38,7 @@ pub mod refs;
 pub mod registry;
 pub mod server;
 pub mod shim;
+pub mod sockets;
 pub mod source;
 pub mod spec;
 pub mod status;

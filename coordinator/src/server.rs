@@ -12,13 +12,14 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use log::{info, warn};
 use tokio::net::TcpListener;
 
 use crate::api::{parse_body, validate_migration_id, Health, IncomingRequest, MigrateRequest};
 use crate::coordinator::Coordinator;
+use crate::expose_api;
 use crate::error::{Error, ErrorBody};
 use crate::logger::in_migration;
 use crate::tls::TlsListener;
@@ -90,6 +91,11 @@ pub fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<Shared>
         ("/v1/migrations/{id}", "get", Token, get(show)),
         ("/v1/migrations/{id}/restore", "post", Token, post(restore)),
         ("/v1/migrations/{id}/abort", "post", Token, post(abort)),
+        ("/v1/expose", "get", Token, get(expose_api::list)),
+        ("/v1/expose", "post", Token, post(expose_api::expose)),
+        ("/v1/expose/{id}", "get", Token, get(expose_api::show)),
+        ("/v1/expose/{id}", "delete", Token, delete(expose_api::unexpose)),
+        ("/v1/expose/{id}/resume", "post", Token, post(expose_api::resume)),
     ]
 }
 

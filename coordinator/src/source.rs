@@ -69,6 +69,8 @@ struct Plan {
     shim: Shim,
     containerd: Containerd,
     started: Instant,
+    /// `ums migrate`'s choice of the destination's endpoint (the Frontman).
+    endpoint: Option<crate::expose::EndpointOptions>,
 }
 
 impl Coordinator {
@@ -84,6 +86,7 @@ impl Coordinator {
         let container = ContainerRef::parse(&req.container)?;
         let to = PeerUrl::parse(&req.to)?;
         req.placement.validate()?;
+        crate::handover::check_options(req.endpoint.as_ref())?;
         let id = new_migration_id()?;
         let work = self.begin_migration(id.clone(), req, container, to, source_url, started);
         logger::in_migration(&id, work).await
@@ -105,7 +108,7 @@ impl Coordinator {
             "migration {id}: {container} from {} to {to} requested",
             self.name()
         );
-        let plan = match self
+        let mut plan = match self
             .plan(&id, &container, &to, &req.placement, source_url, started)
             .await
         {
@@ -123,6 +126,7 @@ impl Coordinator {
             destination_system: plan.peer_name.clone(),
             destination: to.base().to_string(),
         };
+        plan.endpoint = req.endpoint;
         let me = Arc::clone(self);
         logger::spawn(async move { me.run(plan).await });
         Ok(accepted)
@@ -227,6 +231,7 @@ impl Coordinator {
             shim,
             containerd: cd,
             started,
+            endpoint: None,
         })
     }
 
@@ -303,6 +308,14 @@ impl Coordinator {
             );
         }
         let dest_ref = inc.container.clone().unwrap_or_else(|| p.container.clone());
+        // The destination's endpoint, before anything is frozen.
+        if let Err(e) = self
+            .endpoint_prepare(id, &p.container, &p.to, &p.peer_name, p.endpoint.as_ref())
+            .await
+        {
+            let notes = self.abort_destination(p).await;
+            return Err(with_outcome(e, Outcome::Untouched, &notes));
+        }
         let pre_ms = ms(p.started.elapsed());
         self.registry
             .update_phases(id, |ph| ph.pre_migration = Some(pre_ms));
@@ -317,6 +330,9 @@ impl Coordinator {
             "migration {id}: checkpoint: dumping {} to {peer_addr}",
             p.container
         );
+        if let Err(e) = self.endpoint_hold(id, &p.containerd, &p.container).await {
+            return Err(self.abort_both(p, e).await);
+        }
         let progress = self.spawn_progress(p.shim.clone(), id.clone());
         let dump_start = Instant::now();
         let dump = p
@@ -368,6 +384,8 @@ impl Coordinator {
             restored.restore_ms, p.peer_name, p.container, restored.pid
         );
 
+        let endpoint = self.endpoint_commit(id).await;
+
         // Post-migration: the service ends here.
         self.registry.set_phase(id, Phase::PostMigration);
         let post_start = Instant::now();
@@ -416,6 +434,7 @@ impl Coordinator {
             },
             warnings,
             notes,
+            endpoint,
         })
     }
 
@@ -460,6 +479,7 @@ impl Coordinator {
                 }
             },
         }
+        notes.extend(self.endpoint_abort(id).await);
         notes.extend(self.abort_destination(p).await);
         let outcome = if notes.iter().any(|n| n.starts_with("source")) {
             Outcome::MaybeFrozen

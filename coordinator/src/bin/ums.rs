@@ -12,6 +12,7 @@ use log::{info, warn, LevelFilter};
 use ums_coordinator::api::{DestInterface, Placement};
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
+use ums_coordinator::expose::{self, EndpointOptions, ExposeRequest, Mode};
 use ums_coordinator::http::HttpClient;
 use ums_coordinator::refs::PeerUrl;
 use ums_coordinator::spec::validate_cgroup_parent;
@@ -43,6 +44,11 @@ enum Command {
     Ls(LsArgs),
     /// A coordinator's state and running migrations, or one migration in detail.
     Status(StatusArgs),
+    /// Publish a container's service on a stable endpoint of its system (the Frontman), which
+    /// follows the service when it migrates; without NS/NAME: list the endpoints (JSON).
+    Expose(ExposeArgs),
+    /// Remove an endpoint made by `ums expose` (or by a migration).
+    Unexpose(UnexposeArgs),
 }
 
 /// How a client reaches a coordinator.
@@ -165,6 +171,63 @@ struct MigrateArgs {
     /// cri: the name of the pod created at the destination [default: the source pod's].
     #[arg(long, value_name = "NAME")]
     pod_name: Option<String>,
+    /// The service's stable endpoint on the destination, IP:PORT [default: the source
+    /// endpoint's port on the destination's address].
+    #[arg(long, value_name = "IP:PORT")]
+    endpoint_listen: Option<String>,
+    /// The service's address on the destination, IP:PORT [default: the source endpoint's
+    /// target, with the source system's address replaced by the destination's].
+    #[arg(long, value_name = "IP:PORT")]
+    endpoint_target: Option<String>,
+    /// The destination endpoint's mode [default: the source endpoint's, else tcp].
+    #[arg(long, value_name = "tcp|http")]
+    endpoint_mode: Option<Mode>,
+}
+
+#[derive(clap::Args)]
+struct ExposeArgs {
+    /// The coordinator of the container's system, http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// The container, NAMESPACE/NAME; without it the endpoints are listed.
+    #[arg(value_name = "NS/NAME", requires_all = ["listen", "target"])]
+    container: Option<String>,
+    /// The stable endpoint.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<String>,
+    /// The service's address on this system.
+    #[arg(long, value_name = "IP:PORT")]
+    target: Option<String>,
+    /// While the service is frozen: tcp holds new connections, http answers 503 with
+    /// Retry-After.
+    #[arg(long, value_name = "tcp|http", default_value = "tcp")]
+    mode: Mode,
+    /// TCP mode: the longest a connection is held, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    hold_timeout: u64,
+    /// Before the freeze: the longest open connections may take to end (then cut), seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    drain_timeout: u64,
+    /// After the service moved: how long this endpoint forwards to the new one, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    grace: u64,
+    /// HTTP mode: the Retry-After of the 503 answers, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    retry_after: u32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Args)]
+struct UnexposeArgs {
+    /// The coordinator of the endpoint's system, http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// The endpoint's id, or its container's NAMESPACE/NAME.
+    #[arg(value_name = "ID|NS/NAME")]
+    which: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args)]
@@ -213,6 +276,8 @@ fn main() -> ExitCode {
             Command::Migrate(a) => run_migrate(a).await,
             Command::Ls(a) => run_ls(a).await,
             Command::Status(a) => run_status(a).await,
+            Command::Expose(a) => run_expose(a).await,
+            Command::Unexpose(a) => run_unexpose(a).await,
         }
     });
     match res {
@@ -308,6 +373,12 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
         pod_namespace: a.pod_namespace,
         pod_name: a.pod_name,
     };
+    let endpoint = EndpointOptions {
+        listen: a.endpoint_listen,
+        target: a.endpoint_target,
+        mode: a.endpoint_mode,
+    };
+    opts.endpoint = (!endpoint.is_empty()).then_some(endpoint);
     let quiet = a.quiet;
     let report = client::migrate(&opts, |p| {
         if !quiet {
@@ -323,6 +394,9 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
         );
     } else {
         println!("{}", report.summary());
+        if let Some(e) = &report.endpoint {
+            println!("{}", e.line());
+        }
     }
     Ok(())
 }
@@ -376,5 +450,37 @@ async fn run_status(a: StatusArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn run_expose(a: ExposeArgs) -> Result<()> {
+    let http = a.client.http()?;
+    let out = match (a.container, a.listen, a.target) {
+        (Some(c), Some(listen), Some(target)) => {
+            let mut req = ExposeRequest::new(&c, &listen, &target, a.mode);
+            req.hold_timeout_secs = a.hold_timeout;
+            req.drain_timeout_secs = a.drain_timeout;
+            req.grace_secs = a.grace;
+            req.retry_after_secs = a.retry_after;
+            let info = expose::expose(&http, &a.coordinator, &req)
+                .await
+                .with_context(|| format!("exposing {c} on {listen}"))?;
+            serde_json::to_string(&info)
+        }
+        _ => serde_json::to_string_pretty(&expose::list(&http, &a.coordinator).await?),
+    };
+    println!("{}", out.context("encoding the answer")?);
+    Ok(())
+}
+
+async fn run_unexpose(a: UnexposeArgs) -> Result<()> {
+    let http = a.client.http()?;
+    let info = expose::unexpose(&http, &a.coordinator, &a.which)
+        .await
+        .with_context(|| format!("removing the endpoint {}", a.which))?;
+    println!(
+        "{}",
+        serde_json::to_string(&info).context("encoding the answer")?
+    );
     Ok(())
 }

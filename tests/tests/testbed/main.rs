@@ -16,6 +16,7 @@ mod cri;
 mod failures;
 mod outer;
 mod ops;
+mod frontman;
 mod scenarios;
 
 use common::with_bed;
@@ -116,4 +117,19 @@ fn ops_auth_refused() {
 #[test]
 fn ops_stream_token_bound() {
     with_bed("ops_stream_token_bound", ops::stream_token_bound);
+}
+
+#[test]
+fn frontman_tcp_mode() {
+    with_bed("frontman_tcp_mode", frontman::tcp_mode);
+}
+
+#[test]
+fn frontman_http_mode() {
+    with_bed("frontman_http_mode", frontman::http_mode);
+}
+
+#[test]
+fn frontman_bypass_refused() {
+    with_bed("frontman_bypass_refused", frontman::bypass_refused);
 }
