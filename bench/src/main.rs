@@ -17,8 +17,8 @@ use std::process::Command;
 
 use clap::Parser;
 
-use methods::{Ctx, Spec, Ssh};
-use record::{PAGE_SERVER, STOP_AND_COPY, UMS};
+use methods::{Approach, Ctx, Spec, Ssh};
+use record::{METHODS, ORCHESTRATOR, PAGE_SERVER, STOP_AND_COPY, UMS};
 use report::BenchFile;
 
 #[derive(Parser, Debug)]
@@ -37,7 +37,8 @@ struct Cli {
     /// Repetitions of each (size, K, method).
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Methods, comma-separated: ums, stop-and-copy, page-server.
+    /// Methods, comma-separated: ums, stop-and-copy, page-server, orchestrator (UMS
+    /// orchestrator-level; skipped with a note when `ums migrate` lacks --approach).
     #[arg(
         long,
         value_delimiter = ',',
@@ -151,9 +152,20 @@ fn main() {
         return;
     }
     for m in &cli.methods {
-        if ![UMS, STOP_AND_COPY, PAGE_SERVER].contains(&m.as_str()) {
+        if !METHODS.contains(&m.as_str()) {
             eprintln!("ums-bench: unknown method {m}");
             std::process::exit(2);
+        }
+    }
+    let mut cli = cli;
+    let mut notes = Vec::new();
+    if cli.methods.iter().any(|m| m == ORCHESTRATOR) {
+        let bin_dir = PathBuf::from(env("UMS_BIN_DIR", "target/release"));
+        if let Err(e) = methods::orchestrator_available(&bin_dir) {
+            let note = format!("method {ORCHESTRATOR} skipped: {e}");
+            eprintln!("ums-bench: {note}");
+            notes.push(note);
+            cli.methods.retain(|m| m != ORCHESTRATOR);
         }
     }
     let wl = cli
@@ -217,10 +229,14 @@ fn main() {
         reps: cli.reps,
         child_mib: cli.child_mib,
         methods: cli.methods.clone(),
+        notes,
         ..Default::default()
     };
     fs::create_dir_all(&cli.work).expect("work dir");
-    let baselines = cli.methods.iter().any(|m| m != UMS);
+    let baselines = cli
+        .methods
+        .iter()
+        .any(|m| m == STOP_AND_COPY || m == PAGE_SERVER);
     if baselines {
         if let Err(e) = methods::prepare_rootfs(&ctx) {
             eprintln!("ums-bench: rootfs: {e}");
@@ -281,7 +297,8 @@ fn main() {
                     };
                     n += 1;
                     let r = match m.as_str() {
-                        UMS => methods::ums(&mut ctx, &spec),
+                        UMS => methods::ums(&mut ctx, &spec, Approach::Container),
+                        ORCHESTRATOR => methods::ums(&mut ctx, &spec, Approach::Orchestrator),
                         STOP_AND_COPY => methods::baseline(&mut ctx, &spec, false),
                         _ => methods::baseline(&mut ctx, &spec, true),
                     };

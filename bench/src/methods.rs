@@ -143,13 +143,68 @@ fn coordinator_cpu(ctx: &Ctx) -> f64 {
         .sum()
 }
 
-pub fn ums(ctx: &mut Ctx, spec: &Spec) -> RunRecord {
+/// How `ums migrate` moves the service: which runtime the container is created with and
+/// which approach is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approach {
+    /// Container-level (the ums shim, `io.containerd.ums.v1`): the default approach.
+    Container,
+    /// Orchestrator-level: a plain runc container (`io.containerd.runc.v2`),
+    /// `--approach orchestrator`.
+    Orchestrator,
+}
+
+impl Approach {
+    fn method(self) -> &'static str {
+        match self {
+            Approach::Container => crate::record::UMS,
+            Approach::Orchestrator => crate::record::ORCHESTRATOR,
+        }
+    }
+
+    fn runtime(self) -> &'static str {
+        match self {
+            Approach::Container => "io.containerd.ums.v1",
+            Approach::Orchestrator => "io.containerd.runc.v2",
+        }
+    }
+
+    fn migrate_args(self) -> &'static [&'static str] {
+        match self {
+            Approach::Container => &[],
+            Approach::Orchestrator => &["--approach", "orchestrator"],
+        }
+    }
+}
+
+/// Whether `ums migrate` knows `--approach` (orchestrator-level migration): `Err` says why not.
+pub fn orchestrator_available(bin_dir: &Path) -> Result<()> {
+    let out = Command::new(bin_dir.join("ums"))
+        .args(["migrate", "--help"])
+        .output()
+        .map_err(|e| format!("{}: {e}", bin_dir.join("ums").display()))?;
+    let help = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    if help.contains("--approach") {
+        Ok(())
+    } else {
+        Err(
+            "this `ums migrate` has no --approach (orchestrator-level migration not built in)"
+                .into(),
+        )
+    }
+}
+
+pub fn ums(ctx: &mut Ctx, spec: &Spec, approach: Approach) -> RunRecord {
     let name = format!(
-        "bench-ums-{}m{}p{}-{}",
-        spec.size_mib, spec.procs, spec.rep, ctx.tag
+        "bench-{}-{}m{}p{}-{}",
+        approach.method(),
+        spec.size_mib,
+        spec.procs,
+        spec.rep,
+        ctx.tag
     );
-    let mut r = RunRecord::new(crate::record::UMS, spec.size_mib, spec.procs, spec.rep);
-    let res = ums_inner(ctx, spec, &name, &mut r);
+    let mut r = RunRecord::new(approach.method(), spec.size_mib, spec.procs, spec.rep);
+    let res = ums_inner(ctx, spec, &name, approach, &mut r);
     ums_cleanup(&ctx.ctr_b, &name);
     ums_cleanup(&ctx.ctr_a, &name);
     if let Err(e) = res {
@@ -159,7 +214,13 @@ pub fn ums(ctx: &mut Ctx, spec: &Spec) -> RunRecord {
     r
 }
 
-fn ums_inner(ctx: &Ctx, spec: &Spec, name: &str, r: &mut RunRecord) -> Result<()> {
+fn ums_inner(
+    ctx: &Ctx,
+    spec: &Spec,
+    name: &str,
+    approach: Approach,
+    r: &mut RunRecord,
+) -> Result<()> {
     ums_cleanup(&ctx.ctr_a, name);
     ums_cleanup(&ctx.ctr_b, name);
     let mut args = spec.memhog_args("/tmp/ticks");
@@ -169,7 +230,7 @@ fn ums_inner(ctx: &Ctx, spec: &Spec, name: &str, r: &mut RunRecord) -> Result<()
     c.args([
         "run",
         "--runtime",
-        "io.containerd.ums.v1",
+        approach.runtime(),
         "-d",
         "localhost/ums/memhog:1",
         name,
@@ -203,7 +264,8 @@ fn ums_inner(ctx: &Ctx, spec: &Spec, name: &str, r: &mut RunRecord) -> Result<()
         &ctx.url_b,
         &format!("default/{name}"),
         "--json",
-    ]);
+    ])
+    .args(approach.migrate_args());
     let out = run(&mut c);
     let t_end = sys::realtime_ns();
     let cpu1 = sys::children_cpu_s();

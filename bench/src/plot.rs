@@ -27,6 +27,7 @@ const METHOD_COLORS: &[RGBColor] = &[
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
 ];
 
 fn short(m: &str) -> &str {
@@ -34,6 +35,7 @@ fn short(m: &str) -> &str {
         "ums" => "UMS",
         "stop-and-copy" => "S&C",
         "page-server" => "PS",
+        "orchestrator" => "ORCH",
         x => x,
     }
 }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const UMS: &str = "ums";
 pub const STOP_AND_COPY: &str = "stop-and-copy";
 pub const PAGE_SERVER: &str = "page-server";
-pub const METHODS: &[&str] = &[UMS, STOP_AND_COPY, PAGE_SERVER];
+/// UMS orchestrator-level: `ums migrate --approach orchestrator` of a plain runc container.
+pub const ORCHESTRATOR: &str = "orchestrator";
+pub const METHODS: &[&str] = &[UMS, STOP_AND_COPY, PAGE_SERVER, ORCHESTRATOR];
 /// The phases in the order they happen (the stacked bars).
 pub const PHASES: &[&str] = &[
     "pre_migration",

@@ -43,6 +43,9 @@ pub struct BenchFile {
     pub child_mib: u64,
     pub methods: Vec<String>,
     pub runs: Vec<RunRecord>,
+    /// Methods asked for but skipped, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Filled from `runs` when written (re-computable).
     #[serde(default)]
     pub summary: Vec<Group>,
@@ -195,6 +198,9 @@ pub fn markdown(f: &BenchFile) -> String {
         f.machine.loadavg_end,
         f.reps
     );
+    for n in &f.notes {
+        let _ = writeln!(s, "Note: {n}.\n");
+    }
     let _ = writeln!(s, "| K | MiB | method | ok | total ms | tick-gap downtime ms | tool downtime ms | frozen ms (CRIU) | checkpoint ms | transfer ms | restore ms | MB moved | MB/s | CPU s | shim src/dst peak RSS MiB | criu peak RSS MiB |");
     let _ = writeln!(
         s,

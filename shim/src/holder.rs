@@ -18,12 +18,5 @@ pub fn install(outer_rootfs: &Path) -> Result<()> {
 /// Drops the holder's pages from the shim's resident set after the copy: they are file-backed
 /// and read-only (the page cache keeps them), and a shim per pod should stay small.
 fn release_pages() {
-    let page = 4096usize;
-    let start = (HOLDER.as_ptr() as usize).div_ceil(page) * page;
-    let end = (HOLDER.as_ptr() as usize + HOLDER.len()) / page * page;
-    if end > start {
-        // SAFETY: the range lies inside HOLDER, a read-only file-backed mapping; after
-        // MADV_DONTNEED its pages fault in again from the file if they are read.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-    }
+    crate::resident::drop_range(HOLDER.as_ptr(), HOLDER.len());
 }

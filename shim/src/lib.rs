@@ -15,6 +15,7 @@ pub mod migration_service;
 pub mod oom;
 pub mod pids;
 pub mod process;
+pub mod resident;
 pub mod runc;
 pub mod service;
 pub mod shim;

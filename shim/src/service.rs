@@ -322,6 +322,9 @@ impl Task for TaskService {
                 .await;
             pid
         };
+        // The task runs: what creating and starting it mapped need not stay resident.
+        drop(c);
+        crate::resident::drop_clean_file_pages_soon();
         Ok(StartResponse {
             pid: pid as u32,
             ..Default::default()
