@@ -17,12 +17,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::approach::{Approach, Capabilities};
 use crate::error::{Error, Result};
 use crate::refs::ContainerRef;
-
-/// The approach the coordinator uses (paper, section III-C): the shim checkpoints the nested
-/// service, the destination's containerd recreates the container.
-pub const APPROACH: &str = "container-level";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrateRequest {
@@ -31,6 +28,13 @@ pub struct MigrateRequest {
     pub container: String,
     /// The destination coordinator's URL, `http://host:port`.
     pub to: String,
+    /// Force an approach (`container`, `orchestrator`, `service`); default: the first feasible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approach: Option<Approach>,
+    /// Only say which approach would be used and why the others cannot (200 with a
+    /// [`crate::approach::Survey`]); nothing is touched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct Health {
     pub status: String,
     pub name: String,
     pub version: String,
+    /// What this system can do for migrations (CRIU, runc, runtimes); peers decide on it.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
 }
 
 /// An `Any` carried over JSON (containerd's runtime options).
@@ -118,6 +125,9 @@ pub struct IncomingRequest {
     pub local_mounts: Vec<LocalMount>,
     /// Binds the image stream to this migration (passed to both shims).
     pub token: String,
+    /// How the destination recreates and restores the container.
+    #[serde(default)]
+    pub approach: Approach,
 }
 
 /// A bind mount of the source container whose source the destination recreates (see
@@ -427,7 +437,7 @@ mod tests {
 
     pub(crate) fn sample_report() -> Report {
         Report {
-            approach: APPROACH.into(),
+            approach: Approach::Container.as_str().into(),
             source: "http://10.77.0.1:7400".into(),
             source_system: "a".into(),
             destination: "http://10.77.0.2:7400".into(),

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::api::{human_bytes, MigrateAccepted, MigrateRequest, Phase, Record, Report, State};
+use crate::approach::{Approach, Survey};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::refs::{ContainerRef, PeerUrl};
@@ -18,6 +19,8 @@ pub struct MigrateOptions {
     pub poll: Duration,
     /// Sent as a bearer token (the client endpoints do not require one yet).
     pub token: Option<String>,
+    /// Force this approach (refused before anything is touched if it is not feasible).
+    pub approach: Option<Approach>,
 }
 
 impl MigrateOptions {
@@ -29,6 +32,7 @@ impl MigrateOptions {
             timeout: Duration::from_secs(1800),
             poll: Duration::from_millis(100),
             token: None,
+            approach: None,
         }
     }
 }
@@ -83,6 +87,8 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
             &MigrateRequest {
                 container: opts.container.clone(),
                 to: opts.to.clone(),
+                approach: opts.approach,
+                dry_run: false,
             },
             Duration::from_secs(60),
         )
@@ -141,6 +147,26 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
             State::Failed | State::Aborted => return Err(failure(&rec)),
         }
     }
+}
+
+/// `ums migrate --dry-run`: which approach the source would use, and why the others cannot.
+pub async fn survey(opts: &MigrateOptions) -> Result<Survey> {
+    let from = PeerUrl::parse(&opts.from)?;
+    PeerUrl::parse(&opts.to)?;
+    ContainerRef::parse(&opts.container)?;
+    HttpClient::new(opts.token.clone())
+        .post(
+            &from.join("/v1/migrate"),
+            &MigrateRequest {
+                container: opts.container.clone(),
+                to: opts.to.clone(),
+                approach: opts.approach,
+                dry_run: true,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| client_error(e, &from))
 }
 
 fn failure(rec: &Record) -> Error {

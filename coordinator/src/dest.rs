@@ -22,10 +22,13 @@ use crate::api::{
     validate_migration_id, AbortResponse, IncomingRequest, IncomingResponse, Phase,
     RestoreResponse, Role, State,
 };
+use crate::approach::{Approach, RUNC_RUNTIME};
 use crate::containerd::{new_container, Containerd, TaskState};
 use crate::coordinator::Coordinator;
+use crate::engine::DestReceiver;
 use crate::error::{Error, Result};
 use crate::mounts;
+use crate::orchestrator::{self, NativeIncoming, PrepareNative};
 use crate::refs::ContainerRef;
 use crate::shim::Shim;
 use crate::source::UMS_RUNTIME;
@@ -51,7 +54,7 @@ pub(crate) enum DestPhase {
 pub(crate) struct DestEntry {
     container: ContainerRef,
     snapshotter: String,
-    shim: Shim,
+    receiver: DestReceiver,
     state: tokio::sync::Mutex<DestPhase>,
 }
 
@@ -166,11 +169,22 @@ impl Coordinator {
         }
         let spec = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encoding the spec: {e}")))?;
-        let runtime_options = req
-            .runtime_options
-            .as_ref()
-            .map(|o| o.to_any())
-            .transpose()?;
+        let (runtime, runtime_options) = match req.approach {
+            Approach::Orchestrator => (
+                RUNC_RUNTIME,
+                Some(orchestrator::destination_runtime_options(
+                    req.runtime_options.as_ref(),
+                    &self.cfg.state_dir,
+                )?),
+            ),
+            _ => (
+                UMS_RUNTIME,
+                req.runtime_options
+                    .as_ref()
+                    .map(|o| o.to_any())
+                    .transpose()?,
+            ),
+        };
         let mut labels: HashMap<String, String> = destination_labels(&req.labels, &req.spec);
         labels.insert(MIGRATION_LABEL.to_string(), id.clone());
         let log = self.service_log(r).await?;
@@ -193,8 +207,8 @@ impl Coordinator {
                 new_container(
                     &r.id,
                     &req.image,
-                    UMS_RUNTIME,
-                    runtime_options,
+                    runtime,
+                    runtime_options.clone(),
                     &req.spec_type_url,
                     spec,
                     &snapshotter,
@@ -218,6 +232,24 @@ impl Coordinator {
             let mounts = cd
                 .prepare_snapshot(ns, &snapshotter, &r.id, &chain, HashMap::new())
                 .await?;
+            if let (Approach::Orchestrator, Some(options)) = (req.approach, &runtime_options) {
+                // No ums shim here: this coordinator receives the images itself.
+                let (pid, native, address) = NativeIncoming::prepare(PrepareNative {
+                    containerd: &cd,
+                    container: r,
+                    migration_id: id,
+                    state_dir: &self.cfg.state_dir,
+                    runtime_options: options,
+                    rootfs: mounts,
+                    log: &log,
+                    listen: &self.cfg.stream_listen(),
+                    token: &req.token,
+                    max_bytes: self.cfg.max_stream_bytes,
+                })
+                .await?;
+                info!("migration {id}: task {r} created to restore natively, log {log}");
+                return Ok::<_, Error>((pid, DestReceiver::Native(native), address));
+            }
             let pid = cd.create_task(ns, &r.id, mounts, &log, &log).await?;
             info!("migration {id}: task {r} created (outer pid {pid}), log {log}");
             let shim = Shim::connect(&self.cfg.containerd_state, r, SHIM_ADDRESS_WAIT).await?;
@@ -229,15 +261,15 @@ impl Coordinator {
                     self.cfg.max_stream_bytes,
                 )
                 .await?;
-            Ok::<_, Error>((pid, shim, address))
+            Ok::<_, Error>((pid, DestReceiver::Shim(shim), address))
         }
         .await;
         match made {
-            Ok((pid, shim, address)) => Ok((
+            Ok((pid, receiver, address)) => Ok((
                 Arc::new(DestEntry {
                     container: r.clone(),
                     snapshotter: snapshotter.clone(),
-                    shim,
+                    receiver,
                     state: tokio::sync::Mutex::new(DestPhase::Prepared),
                 }),
                 IncomingResponse {
@@ -301,7 +333,7 @@ impl Coordinator {
         let t = Instant::now();
         let res = async {
             let cd = self.containerd().await?;
-            let pid = cd.start_task(&r.namespace, &r.id).await?;
+            let pid = entry.receiver.restore(&cd, r).await?;
             wait_running(&cd, r).await?;
             // Restored: from now on the container is like any other of this system.
             if let Err(e) = self.drop_restore_marker(&cd, r).await {
@@ -388,7 +420,7 @@ impl Coordinator {
         info!("migration {id}: aborting {}", entry.container);
         let mut detail = Vec::new();
         // Before taking the lock: a Start waiting for images fails once the shim aborts.
-        if let Err(e) = entry.shim.abort(id).await {
+        if let Err(e) = entry.receiver.abort(id).await {
             warn!("migration {id}: shim Abort: {e}");
             detail.push(e.to_string());
         }
@@ -469,6 +501,13 @@ impl Coordinator {
         }
         if let Err(e) = mounts::remove(&mounts::migration_dir(&self.cfg.state_dir, r, id)).await {
             note(format!("mount sources: {e}"));
+        }
+        // What a native (orchestrator-level) restore received.
+        let native = orchestrator::incoming_dir(&self.cfg.state_dir, r, id);
+        if let Err(e) = tokio::fs::remove_dir_all(&native).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                note(format!("removing {}: {e}", native.display()));
+            }
         }
         failed
     }

@@ -8,18 +8,24 @@
 //! - [`client`]: `ums migrate`;
 //! - [`spec`]: the destination container's spec (restore marker, netns, cgroups, CRI pods);
 //! - [`mounts`]: bind mounts whose source exists on the source system only;
-//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source.
+//! - [`cri`]: the CRI runtime service, to remove a migrated CRI container at the source;
+//! - [`approach`]: which approach can move a container (`ums migrate --dry-run`);
+//!   [`orchestrator`]: the orchestrator-level approach (containerd's native checkpoint/restore
+//!   of runc containers); [`engine`]: the two approaches behind one driver.
 pub mod api;
+pub mod approach;
 pub mod client;
 pub mod containerd;
 pub mod coordinator;
 pub mod cri;
 pub mod dest;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod image;
 pub mod logger;
 pub mod mounts;
+pub mod orchestrator;
 pub mod refs;
 pub mod registry;
 pub mod server;

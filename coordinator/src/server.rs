@@ -12,6 +12,7 @@ use log::{info, warn};
 use tokio::net::TcpListener;
 
 use crate::api::{parse_body, validate_migration_id, Health, IncomingRequest, MigrateRequest};
+use crate::approach::Capabilities;
 use crate::coordinator::Coordinator;
 use crate::error::{Error, ErrorBody};
 
@@ -87,6 +88,7 @@ async fn healthz(State(c): State<Shared>) -> ApiResult {
             status: "ok".into(),
             name: c.name().to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: Some(Capabilities::local().await),
         },
     )
 }
@@ -107,6 +109,10 @@ fn authorize(c: &Coordinator, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn migrate(State(c): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: MigrateRequest = parse_body(&body)?;
+    if req.dry_run {
+        let survey = detached(async move { c.dry_run(req).await }).await?;
+        return json(StatusCode::OK, &survey);
+    }
     // How the client reached us, for the report's `source`.
     let source_url = headers
         .get(header::HOST)

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::{info, warn, LevelFilter};
 
+use ums_coordinator::approach::Approach;
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
 use ums_coordinator::http::HttpClient;
@@ -23,8 +24,10 @@ use ums_coordinator::{logger, server, Config, Coordinator};
     about = "Live migration of containerized services between two systems",
     long_about = "Live migration of containerized services between two systems.\n\n\
         Each system runs `ums coordinator` next to its containerd. `ums migrate` asks the \
-        source system's coordinator to move a running container (started through the ums \
-        runtime, io.containerd.ums.v1) to the destination system; the coordinators do the rest."
+        source system's coordinator to move a running container to the destination system; \
+        the coordinators do the rest: container-level for the ums runtime \
+        (io.containerd.ums.v1), orchestrator-level (containerd's own checkpoint/restore) for \
+        containerd's runc runtime (io.containerd.runc.v2); `ums migrate --dry-run` tells which."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -110,6 +113,18 @@ struct MigrateArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Only say which approach would migrate the container and why the others cannot
+    /// (exit status 1 if none can); nothing is touched.
+    #[arg(long)]
+    dry_run: bool,
+    /// Use this approach (container, orchestrator, service); refused before anything is
+    /// touched if it cannot migrate the container. Default: the first feasible one.
+    #[arg(long, value_name = "APPROACH", value_parser = parse_approach)]
+    approach: Option<Approach>,
+}
+
+fn parse_approach(s: &str) -> std::result::Result<Approach, String> {
+    Approach::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(clap::Args)]
@@ -213,6 +228,24 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
     opts.timeout = Duration::from_secs(a.timeout);
     if let Some(f) = &a.token_file {
         opts.token = Some(read_token_file(f).context("--token-file")?);
+    }
+    opts.approach = a.approach;
+    if a.dry_run {
+        let survey = client::survey(&opts)
+            .await
+            .with_context(|| format!("surveying {} from {} to {}", a.container, a.from, a.to))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&survey).context("encoding the survey")?
+            );
+        } else {
+            print!("{}", survey.explain());
+        }
+        return match survey.reason {
+            Some(r) if !survey.feasible => Err(anyhow::anyhow!(r)),
+            _ => Ok(()),
+        };
     }
     let quiet = a.quiet;
     let report = client::migrate(&opts, |p| {
