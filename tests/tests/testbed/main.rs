@@ -11,6 +11,7 @@
 //!
 //! `cargo test -p ums-tests --test testbed -- --test-threads=1` (after `cargo build --workspace`).
 
+mod approach;
 mod common;
 mod failures;
 mod scenarios;
@@ -75,4 +76,33 @@ fn refuse_second_migration() {
 #[test]
 fn refuse_bad_refs() {
     with_bed("refuse_bad_refs", failures::bad_refs);
+}
+
+#[test]
+fn approach_dry_runs() {
+    with_bed("approach_dry_runs", approach::dry_runs);
+}
+
+#[test]
+fn approach_both_migrate_the_counter() {
+    with_bed(
+        "approach_both_migrate_the_counter",
+        approach::both_approaches,
+    );
+}
+
+#[test]
+fn approach_forced_infeasible_refused() {
+    with_bed(
+        "approach_forced_infeasible_refused",
+        approach::forced_infeasible_refused,
+    );
+}
+
+#[test]
+fn approach_orchestrator_rollback() {
+    with_bed(
+        "approach_orchestrator_rollback",
+        approach::orchestrator_rollback,
+    );
 }
