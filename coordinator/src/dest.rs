@@ -8,6 +8,10 @@
 //!   the task is RUNNING;
 //! - abort: shim Abort, task killed and deleted, container and snapshot removed: nothing left.
 //!
+//! The orchestrator-level approach (`IncomingRequest.approach`) differs in who receives and
+//! restores: a runc container, this coordinator receiving the images, containerd's runc shim
+//! restoring them ([`crate::orchestrator::NativeIncoming`]).
+//!
 //! A prepared container that the source neither restores nor aborts within
 //! `incoming_timeout` is aborted by a watchdog.
 
@@ -72,6 +76,13 @@ impl Coordinator {
                     "incoming migration: {what} is empty"
                 )));
             }
+        }
+        if req.approach == Approach::Service {
+            return Err(Error::Unsupported(format!(
+                "the {} approach is not supported on system {}",
+                req.approach,
+                self.name()
+            )));
         }
         let id = req.migration_id.clone();
         self.registry

@@ -509,10 +509,39 @@ impl NativeIncoming {
                 ),
             }
         }
-        let pid = cd.start_task(&r.namespace, &r.id).await?;
+        let pid = match cd.start_task(&r.namespace, &r.id).await {
+            Ok(pid) => pid,
+            Err(e) => return Err(self.with_criu_cause(e).await),
+        };
         self.thaw(r).await?;
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         Ok(pid)
+    }
+
+    /// containerd's runc shim reports a failed restore as CRIU's exit only ("criu failed: type
+    /// NOTIFY"): add CRIU's own errors from restore.log in our work dir.
+    async fn with_criu_cause(&self, e: Error) -> Error {
+        let log = self.dir.join("work/restore.log");
+        let Ok(text) = tokio::fs::read_to_string(&log).await else {
+            return e;
+        };
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Error (") || l.contains("Error:"))
+            .collect();
+        let tail = errors[errors.len().saturating_sub(3)..].join(" | ");
+        if tail.is_empty() {
+            return e;
+        }
+        let cause = format!("; CRIU {}: {}", log.display(), tail);
+        match e {
+            Error::Containerd { op, code, message } => Error::Containerd {
+                op,
+                code,
+                message: message + &cause,
+            },
+            other => Error::Internal(format!("{other}{cause}")),
+        }
     }
 
     /// CRIU restores the task frozen, as it was dumped; containerd's runc shim takes it for

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::{info, warn, LevelFilter};
 
-use ums_coordinator::approach::Approach;
+use ums_coordinator::approach::{Approach, Capabilities};
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
 use ums_coordinator::http::HttpClient;
@@ -191,6 +191,17 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         cfg.containerd_socket.display(),
         cfg.containerd_state.display(),
         cfg.state_dir.display()
+    );
+    // Probed once here (criu check takes a while), then answered in every /healthz.
+    let caps = Capabilities::local().await;
+    info!(
+        "capabilities: CRIU {}, runc {}, runtimes {}",
+        caps.criu
+            .as_deref()
+            .or(caps.criu_error.as_deref())
+            .unwrap_or("none"),
+        caps.runc.as_deref().unwrap_or("none"),
+        caps.runtimes.join(", ")
     );
     let coordinator = Coordinator::new(cfg);
     match coordinator.sweep_stale_incoming().await {
