@@ -76,24 +76,7 @@ impl Progress {
 
 /// Runs a migration; `progress` sees the start and every phase change or byte count change.
 pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) -> Result<Report> {
-    let from = PeerUrl::parse(&opts.from)?;
-    // Checked here too for a quick, local error.
-    PeerUrl::parse(&opts.to)?;
-    ContainerRef::parse(&opts.container)?;
-    let http = HttpClient::new(opts.token.clone());
-    let accepted: MigrateAccepted = http
-        .post(
-            &from.join("/v1/migrate"),
-            &MigrateRequest {
-                container: opts.container.clone(),
-                to: opts.to.clone(),
-                approach: opts.approach,
-                dry_run: false,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|e| client_error(e, &from))?;
+    let (http, from, accepted): (_, _, MigrateAccepted) = post_migrate(opts, false).await?;
     let id = accepted.migration_id.clone();
     progress(Progress::Accepted(accepted));
 
@@ -151,22 +134,33 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
 
 /// `ums migrate --dry-run`: which approach the source would use, and why the others cannot.
 pub async fn survey(opts: &MigrateOptions) -> Result<Survey> {
+    Ok(post_migrate(opts, true).await?.2)
+}
+
+/// `POST /v1/migrate` to the source: the client, the source's URL and its answer.
+async fn post_migrate<R: serde::de::DeserializeOwned>(
+    opts: &MigrateOptions,
+    dry_run: bool,
+) -> Result<(HttpClient, PeerUrl, R)> {
     let from = PeerUrl::parse(&opts.from)?;
+    // Checked here too for a quick, local error.
     PeerUrl::parse(&opts.to)?;
     ContainerRef::parse(&opts.container)?;
-    HttpClient::new(opts.token.clone())
+    let http = HttpClient::new(opts.token.clone());
+    let answer = http
         .post(
             &from.join("/v1/migrate"),
             &MigrateRequest {
                 container: opts.container.clone(),
                 to: opts.to.clone(),
                 approach: opts.approach,
-                dry_run: true,
+                dry_run,
             },
             Duration::from_secs(60),
         )
         .await
-        .map_err(|e| client_error(e, &from))
+        .map_err(|e| client_error(e, &from))?;
+    Ok((http, from, answer))
 }
 
 fn failure(rec: &Record) -> Error {
