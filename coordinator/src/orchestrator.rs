@@ -521,8 +521,19 @@ impl NativeIncoming {
     /// containerd's runc shim reports a failed restore as CRIU's exit only ("criu failed: type
     /// NOTIFY"): add CRIU's own errors from restore.log in our work dir.
     async fn with_criu_cause(&self, e: Error) -> Error {
-        let log = self.dir.join("work/restore.log");
-        let Ok(text) = tokio::fs::read_to_string(&log).await else {
+        // The work dir we gave; CRIU falls back to the image dir.
+        let mut found = None;
+        for log in [
+            self.dir.join("work/restore.log"),
+            self.dir.join("images/restore.log"),
+        ] {
+            if let Ok(text) = tokio::fs::read_to_string(&log).await {
+                found = Some((log, text));
+                break;
+            }
+        }
+        let Some((log, text)) = found else {
+            warn!("no CRIU restore.log in {}", self.dir.display());
             return e;
         };
         let errors: Vec<&str> = text
