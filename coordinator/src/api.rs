@@ -17,12 +17,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::approach::{Approach, Capabilities};
 use crate::error::{Error, Result};
 use crate::refs::ContainerRef;
-
-/// The approach the coordinator uses (paper, section III-C): the shim checkpoints the nested
-/// service, the destination's containerd recreates the container.
-pub const APPROACH: &str = "container-level";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrateRequest {
@@ -37,6 +34,13 @@ pub struct MigrateRequest {
     /// The service's stable endpoint on the destination (the Frontman, `expose.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<crate::expose::EndpointOptions>,
+    /// Force an approach (`container`, `orchestrator`, `service`); default: the first feasible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approach: Option<Approach>,
+    /// Only say which approach would be used and why the others cannot (200 with a
+    /// [`crate::approach::Survey`]); nothing is touched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// The interface through which the destination creates the container (see
@@ -162,6 +166,9 @@ pub struct Health {
     pub status: String,
     pub name: String,
     pub version: String,
+    /// What this system can do for migrations (CRIU, runc, runtimes); peers decide on it.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
 }
 
 /// An `Any` carried over JSON (containerd's runtime options).
@@ -236,6 +243,9 @@ pub struct IncomingRequest {
     /// A CRI container's pod and container configs (for the CRI interface).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cri: Option<CriSource>,
+    /// How the destination recreates and restores the container.
+    #[serde(default)]
+    pub approach: Approach,
 }
 
 /// A bind mount of the source container whose source the destination recreates (see
@@ -417,7 +427,7 @@ impl PartialPhasesMs {
 }
 
 fn default_approach() -> String {
-    APPROACH.to_string()
+    Approach::Container.as_str().to_string()
 }
 
 /// The shim's own figures for the dump.
@@ -491,7 +501,7 @@ pub struct Record {
     pub migration_id: String,
     #[serde(rename = "ref")]
     pub container: String,
-    /// The approach (see [`APPROACH`]); records of older coordinators have none.
+    /// The approach (see [`Approach`]); records of older coordinators have none.
     #[serde(default = "default_approach")]
     pub approach: String,
     pub role: Role,
@@ -595,7 +605,7 @@ pub(crate) mod tests {
 
     pub(crate) fn sample_report() -> Report {
         Report {
-            approach: APPROACH.into(),
+            approach: Approach::Container.as_str().into(),
             source: "http://10.77.0.1:7400".into(),
             source_system: "a".into(),
             destination: "http://10.77.0.2:7400".into(),
@@ -760,7 +770,7 @@ pub(crate) mod tests {
         let r = Record {
             migration_id: "m".into(),
             container: "default/web1".into(),
-            approach: APPROACH.into(),
+            approach: Approach::Container.as_str().into(),
             role: Role::Source,
             peer: "http://b".into(),
             phase: Phase::Checkpoint,

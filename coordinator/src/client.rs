@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::api::{
     human_bytes, MigrateAccepted, MigrateRequest, Phase, Placement, Record, Report, State,
 };
+use crate::approach::{Approach, Survey};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::refs::{ContainerRef, PeerUrl};
@@ -26,6 +27,8 @@ pub struct MigrateOptions {
     pub placement: Placement,
     /// The service's stable endpoint on the destination.
     pub endpoint: Option<crate::expose::EndpointOptions>,
+    /// Force this approach (refused before anything is touched if it is not feasible).
+    pub approach: Option<Approach>,
 }
 
 impl MigrateOptions {
@@ -40,6 +43,7 @@ impl MigrateOptions {
             tls: None,
             placement: Placement::default(),
             endpoint: None,
+            approach: None,
         }
     }
 }
@@ -83,25 +87,7 @@ impl Progress {
 
 /// Runs a migration; `progress` sees the start and every phase change or byte count change.
 pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) -> Result<Report> {
-    let from = PeerUrl::parse(&opts.from)?;
-    // Checked here too for a quick, local error.
-    PeerUrl::parse(&opts.to)?;
-    ContainerRef::parse(&opts.container)?;
-    opts.placement.validate()?;
-    let http = HttpClient::with_tls(opts.token.clone(), opts.tls.clone());
-    let accepted: MigrateAccepted = http
-        .post(
-            &from.join("/v1/migrate"),
-            &MigrateRequest {
-                container: opts.container.clone(),
-                to: opts.to.clone(),
-                placement: opts.placement.clone(),
-                endpoint: opts.endpoint.clone(),
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|e| client_error(e, &from))?;
+    let (http, from, accepted): (_, _, MigrateAccepted) = post_migrate(opts, false).await?;
     let id = accepted.migration_id.clone();
     progress(Progress::Accepted(accepted));
 
@@ -157,6 +143,40 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
     }
 }
 
+/// `ums migrate --dry-run`: which approach the source would use, and why the others cannot.
+pub async fn survey(opts: &MigrateOptions) -> Result<Survey> {
+    Ok(post_migrate(opts, true).await?.2)
+}
+
+/// `POST /v1/migrate` to the source: the client, the source's URL and its answer.
+async fn post_migrate<R: serde::de::DeserializeOwned>(
+    opts: &MigrateOptions,
+    dry_run: bool,
+) -> Result<(HttpClient, PeerUrl, R)> {
+    let from = PeerUrl::parse(&opts.from)?;
+    // Checked here too for a quick, local error.
+    PeerUrl::parse(&opts.to)?;
+    ContainerRef::parse(&opts.container)?;
+    opts.placement.validate()?;
+    let http = HttpClient::with_tls(opts.token.clone(), opts.tls.clone());
+    let answer = http
+        .post(
+            &from.join("/v1/migrate"),
+            &MigrateRequest {
+                container: opts.container.clone(),
+                to: opts.to.clone(),
+                placement: opts.placement.clone(),
+                endpoint: opts.endpoint.clone(),
+                approach: opts.approach,
+                dry_run,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| client_error(e, &from))?;
+    Ok((http, from, answer))
+}
+
 fn failure(rec: &Record) -> Error {
     Error::Failed(format!(
         "migration {} of {} failed in phase {}: {}",
@@ -206,7 +226,7 @@ mod tests {
         let rec = Record {
             migration_id: "m-1".into(),
             container: "default/web1".into(),
-            approach: crate::api::APPROACH.into(),
+            approach: crate::approach::Approach::Container.as_str().into(),
             role: Role::Source,
             peer: "http://b".into(),
             phase: Phase::PreMigration,

@@ -16,10 +16,10 @@ use containerd_client::services::v1::{
         RemoveSnapshotRequest, StatSnapshotRequest,
     },
     tasks_client::TasksClient,
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-    ListContainersRequest, ListNamespacesRequest, ReadContentRequest, StartRequest,
-    UpdateContainerRequest, WaitRequest,
+    CheckpointTaskRequest, Container, CreateContainerRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest,
+    KillRequest, ListContainersRequest, ListNamespacesRequest, PauseTaskRequest,
+    ReadContentRequest, ResumeTaskRequest, StartRequest, UpdateContainerRequest, WaitRequest,
 };
 use containerd_client::tonic::{transport::Channel, Code, Request, Status};
 use containerd_client::types::{v1::Status as TaskStatus, Mount};
@@ -241,6 +241,21 @@ impl Containerd {
         stdout: &str,
         stderr: &str,
     ) -> Result<u32> {
+        self.create_task_with_options(ns, id, rootfs, stdout, stderr, None)
+            .await
+    }
+
+    /// Tasks.Create with task options (runc's `Options`: with `criu_image_path`, containerd's
+    /// runc shim restores from those images on Start instead of starting the process).
+    pub async fn create_task_with_options(
+        &self,
+        ns: &str,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdout: &str,
+        stderr: &str,
+        options: Option<prost_types::Any>,
+    ) -> Result<u32> {
         let mut c = TasksClient::new(self.channel.clone());
         let r = c
             .create(request(
@@ -252,6 +267,7 @@ impl Containerd {
                     stdout: stdout.into(),
                     stderr: stderr.into(),
                     terminal: false,
+                    options,
                     ..Default::default()
                 },
             )?)
@@ -273,6 +289,56 @@ impl Containerd {
             .await
             .map_err(|s| Error::containerd("tasks start", s))?;
         Ok(r.into_inner().pid)
+    }
+
+    /// Freezes the task (Tasks.Pause).
+    pub async fn pause_task(&self, ns: &str, id: &str) -> Result<()> {
+        let mut c = TasksClient::new(self.channel.clone());
+        c.pause(request(
+            ns,
+            PauseTaskRequest {
+                container_id: id.into(),
+            },
+        )?)
+        .await
+        .map_err(|s| Error::containerd("tasks pause", s))?;
+        Ok(())
+    }
+
+    /// Thaws a paused task (Tasks.Resume).
+    pub async fn resume_task(&self, ns: &str, id: &str) -> Result<()> {
+        let mut c = TasksClient::new(self.channel.clone());
+        c.resume(request(
+            ns,
+            ResumeTaskRequest {
+                container_id: id.into(),
+            },
+        )?)
+        .await
+        .map_err(|s| Error::containerd("tasks resume", s))?;
+        Ok(())
+    }
+
+    /// Tasks.Checkpoint with runtime-specific `options` (runc's `CheckpointOptions`: with an
+    /// `image_path`, the images stay there instead of going into the content store).
+    pub async fn checkpoint_task(
+        &self,
+        ns: &str,
+        id: &str,
+        options: prost_types::Any,
+    ) -> Result<()> {
+        let mut c = TasksClient::new(self.channel.clone());
+        c.checkpoint(request(
+            ns,
+            CheckpointTaskRequest {
+                container_id: id.into(),
+                parent_checkpoint: String::new(),
+                options: Some(options),
+            },
+        )?)
+        .await
+        .map_err(|s| Error::containerd("tasks checkpoint", s))?;
+        Ok(())
     }
 
     /// Signals the task's init (or all its processes); an absent task is fine.

@@ -8,6 +8,10 @@
 //!   the task is RUNNING;
 //! - abort: shim Abort, task killed and deleted, container and snapshot removed: nothing left.
 //!
+//! The orchestrator-level approach (`IncomingRequest.approach`) differs in who receives and
+//! restores: a runc container, this coordinator receiving the images, containerd's runc shim
+//! restoring them ([`crate::orchestrator::NativeIncoming`]).
+//!
 //! A prepared container that the source neither restores nor aborts within
 //! `incoming_timeout` is aborted by a watchdog.
 //!
@@ -26,10 +30,13 @@ use crate::api::{
     validate_migration_id, AbortResponse, DestInterface, IncomingRequest, IncomingResponse, Phase,
     RestoreResponse, Role, State,
 };
+use crate::approach::{Approach, RUNC_RUNTIME};
 use crate::containerd::{new_container, Containerd, TaskState};
 use crate::coordinator::Coordinator;
+use crate::engine::DestReceiver;
 use crate::error::{Error, Result};
 use crate::mounts;
+use crate::orchestrator::{self, NativeIncoming, PrepareNative};
 use crate::refs::ContainerRef;
 use crate::shim::Shim;
 use crate::source::UMS_RUNTIME;
@@ -55,7 +62,7 @@ pub(crate) enum DestPhase {
 pub(crate) struct DestEntry {
     pub(crate) container: ContainerRef,
     pub(crate) adapter: Adapter,
-    pub(crate) shim: Shim,
+    pub(crate) receiver: DestReceiver,
     pub(crate) state: tokio::sync::Mutex<DestPhase>,
 }
 
@@ -73,6 +80,13 @@ impl Coordinator {
                     "incoming migration: {what} is empty"
                 )));
             }
+        }
+        if req.approach == Approach::Service {
+            return Err(Error::Unsupported(format!(
+                "the {} approach is not supported on system {}",
+                req.approach,
+                self.name()
+            )));
         }
         let id = req.migration_id.clone();
         self.registry
@@ -185,11 +199,22 @@ impl Coordinator {
         }
         let spec = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encoding the spec: {e}")))?;
-        let runtime_options = req
-            .runtime_options
-            .as_ref()
-            .map(|o| o.to_any())
-            .transpose()?;
+        let (runtime, runtime_options) = match req.approach {
+            Approach::Orchestrator => (
+                RUNC_RUNTIME,
+                Some(orchestrator::destination_runtime_options(
+                    req.runtime_options.as_ref(),
+                    &self.cfg.state_dir,
+                )?),
+            ),
+            _ => (
+                UMS_RUNTIME,
+                req.runtime_options
+                    .as_ref()
+                    .map(|o| o.to_any())
+                    .transpose()?,
+            ),
+        };
         let mut labels: HashMap<String, String> = destination_labels(&req.labels, &req.spec);
         labels.insert(MIGRATION_LABEL.to_string(), id.clone());
         let log = self.service_log(r).await?;
@@ -212,8 +237,8 @@ impl Coordinator {
                 new_container(
                     &r.id,
                     &req.image,
-                    UMS_RUNTIME,
-                    runtime_options,
+                    runtime,
+                    runtime_options.clone(),
                     &req.spec_type_url,
                     spec,
                     &snapshotter,
@@ -237,6 +262,24 @@ impl Coordinator {
             let mounts = cd
                 .prepare_snapshot(ns, &snapshotter, &r.id, &chain, HashMap::new())
                 .await?;
+            if let (Approach::Orchestrator, Some(options)) = (req.approach, &runtime_options) {
+                // No ums shim here: this coordinator receives the images itself.
+                let (pid, native, address) = NativeIncoming::prepare(PrepareNative {
+                    containerd: &cd,
+                    container: r,
+                    migration_id: id,
+                    state_dir: &self.cfg.state_dir,
+                    runtime_options: options,
+                    rootfs: mounts,
+                    log: &log,
+                    listen: &self.cfg.stream_listen(),
+                    token: &req.token,
+                    max_bytes: self.cfg.max_stream_bytes,
+                })
+                .await?;
+                info!("migration {id}: task {r} created to restore natively, log {log}");
+                return Ok::<_, Error>((pid, DestReceiver::Native(native), address));
+            }
             let pid = cd.create_task(ns, &r.id, mounts, &log, &log).await?;
             info!("migration {id}: task {r} created (outer pid {pid}), log {log}");
             let shim = Shim::connect(&self.cfg.containerd_state, r, SHIM_ADDRESS_WAIT).await?;
@@ -248,17 +291,17 @@ impl Coordinator {
                     self.cfg.max_stream_bytes,
                 )
                 .await?;
-            Ok::<_, Error>((pid, shim, address))
+            Ok::<_, Error>((pid, DestReceiver::Shim(shim), address))
         }
         .await;
         match made {
-            Ok((pid, shim, address)) => Ok((
+            Ok((pid, receiver, address)) => Ok((
                 Arc::new(DestEntry {
                     container: r.clone(),
                     adapter: Adapter::Containerd {
                         snapshotter: snapshotter.clone(),
                     },
-                    shim,
+                    receiver,
                     state: tokio::sync::Mutex::new(DestPhase::Prepared),
                 }),
                 IncomingResponse {
@@ -330,7 +373,7 @@ impl Coordinator {
             let cd = self.containerd().await?;
             let pid = match &entry.adapter {
                 Adapter::Containerd { .. } => {
-                    let pid = cd.start_task(&r.namespace, &r.id).await?;
+                    let pid = entry.receiver.restore(&cd, r).await?;
                     wait_running(&cd, r).await?;
                     pid
                 }
@@ -421,7 +464,7 @@ impl Coordinator {
         info!("migration {id}: aborting {}", entry.container);
         let mut detail = Vec::new();
         // Before taking the lock: a Start waiting for images fails once the shim aborts.
-        if let Err(e) = entry.shim.abort(id).await {
+        if let Err(e) = entry.receiver.abort(id).await {
             warn!("migration {id}: shim Abort: {e}");
             detail.push(e.to_string());
         }
@@ -507,6 +550,13 @@ impl Coordinator {
         }
         if let Err(e) = mounts::remove(&mounts::migration_dir(&self.cfg.state_dir, r, id)).await {
             note(format!("mount sources: {e}"));
+        }
+        // What a native (orchestrator-level) restore received.
+        let native = orchestrator::incoming_dir(&self.cfg.state_dir, r, id);
+        if let Err(e) = tokio::fs::remove_dir_all(&native).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                note(format!("removing {}: {e}", native.display()));
+            }
         }
         failed
     }

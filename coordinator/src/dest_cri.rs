@@ -213,7 +213,7 @@ impl Coordinator {
                     Arc::new(DestEntry {
                         container: r,
                         adapter: Adapter::Cri(placement),
-                        shim,
+                        receiver: crate::engine::DestReceiver::Shim(shim),
                         state: tokio::sync::Mutex::new(DestPhase::Prepared),
                     }),
                     resp,

@@ -14,14 +14,19 @@
 //!   [`go_json`] reads the CRI configs containerd reports.
 //! - [`frontman`], [`exposures`], [`handover`]: the service's stable endpoints (`ums expose`)
 //!   and how they follow a migration.
+//! - [`approach`]: which approach can move a container (`ums migrate --dry-run`);
+//!   [`orchestrator`]: the orchestrator-level approach (containerd's native checkpoint/restore
+//!   of runc containers); [`engine`]: the two approaches behind one driver.
 pub mod adapter;
 pub mod api;
+pub mod approach;
 pub mod client;
 pub mod containerd;
 pub mod coordinator;
 pub mod cri;
 pub mod dest;
 pub mod dest_cri;
+pub mod engine;
 pub mod error;
 pub mod go_json;
 pub mod expose;
@@ -34,6 +39,7 @@ pub mod image;
 pub mod logger;
 pub mod metrics;
 pub mod mounts;
+pub mod orchestrator;
 pub mod refs;
 pub mod registry;
 pub mod server;

@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::{PartialPhasesMs, Phase, Record, Report, Role, State, APPROACH};
+use crate::api::{PartialPhasesMs, Phase, Record, Report, Role, State};
+use crate::approach::Approach;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::refs::ContainerRef;
@@ -79,7 +80,7 @@ impl Registry {
                 record: Record {
                     migration_id: id.to_string(),
                     container: container.to_string(),
-                    approach: APPROACH.to_string(),
+                    approach: Approach::Container.as_str().to_string(),
                     role,
                     peer: peer.to_string(),
                     phase,

@@ -18,6 +18,7 @@ use log::{info, warn};
 use tokio::net::TcpListener;
 
 use crate::api::{parse_body, validate_migration_id, Health, IncomingRequest, MigrateRequest};
+use crate::approach::Capabilities;
 use crate::coordinator::Coordinator;
 use crate::expose_api;
 use crate::error::{Error, ErrorBody};
@@ -185,6 +186,7 @@ async fn healthz(State(c): State<Shared>) -> ApiResult {
             status: "ok".into(),
             name: c.name().to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: Some(Capabilities::local().await),
         },
     )
 }
@@ -195,6 +197,10 @@ async fn not_found() -> ApiError {
 
 async fn migrate(State(c): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: MigrateRequest = parse_body(&body)?;
+    if req.dry_run {
+        let survey = detached(async move { c.dry_run(req).await }).await?;
+        return json(StatusCode::OK, &survey);
+    }
     // How the client reached us, for the report's `source`.
     let source_url = headers
         .get(header::HOST)
@@ -532,7 +538,7 @@ mod tests {
         let rec = crate::api::Record {
             migration_id: "m".into(),
             container: "default/web1".into(),
-            approach: crate::api::APPROACH.into(),
+            approach: crate::approach::Approach::Container.as_str().into(),
             role: crate::api::Role::Source,
             peer: "b".into(),
             phase: crate::api::Phase::Done,

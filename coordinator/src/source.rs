@@ -3,6 +3,8 @@
 //! 1. pre-migration: the container, its running task and its ums runtime checked here; the
 //!    destination coordinator asked to create the container through ITS containerd from our
 //!    spec (restore marker set) and to have its shim listen for the images;
+//!    (The approach is chosen first, see `approach.rs`: for a container on containerd's runc
+//!    runtime, containerd's own checkpoint takes the shim's place, see `orchestrator.rs`.)
 //! 2. migration: our shim's Dump (freeze, checkpoint, stream; returns once the destination
 //!    verified everything), then the destination's containerd starts the task (restore);
 //! 3. post-migration: our shim's Commit (the service ends here), the task, container and
@@ -21,19 +23,22 @@ use serde_json::Value;
 use crate::api::{
     AbortResponse, AnyJson, CriSource, DestInterface, DumpFigures, Health, IncomingRequest,
     IncomingResponse, LocalMount, Location, MigrateAccepted, MigrateRequest, Phase, PhasesMs,
-    Placement, Report, RestoreResponse, Role, State, APPROACH,
+    Placement, Report, RestoreResponse, Role, State,
 };
+use crate::approach::{assess, Approach, Capabilities, Facts, Survey};
 use crate::containerd::{runtime_of, Containerd, TaskState};
 use crate::coordinator::{new_migration_id, random_hex, Coordinator};
 use crate::cri::Cri;
+use crate::engine::SourceEngine;
 use crate::error::{Error, Result};
 use crate::logger;
 use crate::mounts;
+use crate::orchestrator::NativeSource;
 use crate::refs::{ContainerRef, PeerUrl};
 use crate::shim::Shim;
 use crate::spec::{check_source_container, CriKind, CriPod};
 
-pub const UMS_RUNTIME: &str = ums_shim::RUNTIME_TYPE;
+pub use crate::approach::UMS_RUNTIME;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Creating the container and task on the destination and its shim's Prepare.
@@ -47,6 +52,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// What the local checks found: everything the migration needs.
 struct Plan {
     id: String,
+    approach: Approach,
     container: ContainerRef,
     source_url: String,
     to: PeerUrl,
@@ -66,11 +72,22 @@ struct Plan {
     /// Bind mounts of files that exist on this system only (a CRI pod's /etc/hosts, ...).
     local_mounts: Vec<LocalMount>,
     notes: Vec<String>,
-    shim: Shim,
+    engine: SourceEngine,
     containerd: Containerd,
     started: Instant,
     /// `ums migrate`'s choice of the destination's endpoint (the Frontman).
     endpoint: Option<crate::expose::EndpointOptions>,
+}
+
+/// What the source found out before choosing an approach (a migration's and a dry run's).
+struct Surveyed {
+    container: containerd_client::services::v1::Container,
+    task_pid: u32,
+    spec: Value,
+    spec_type_url: String,
+    peer_name: String,
+    survey: Survey,
+    containerd: Containerd,
 }
 
 impl Coordinator {
@@ -109,7 +126,7 @@ impl Coordinator {
             self.name()
         );
         let mut plan = match self
-            .plan(&id, &container, &to, &req.placement, source_url, started)
+            .plan(&id, &container, &to, &req.placement, source_url, started, req.approach)
             .await
         {
             Ok(p) => p,
@@ -127,21 +144,38 @@ impl Coordinator {
             destination: to.base().to_string(),
         };
         plan.endpoint = req.endpoint;
+        self.registry.set_approach(&id, plan.approach.as_str());
         let me = Arc::clone(self);
         logger::spawn(async move { me.run(plan).await });
         Ok(accepted)
     }
 
-    /// Pre-migration step 1 (and 2): what we know about the container, and the destination is up.
-    async fn plan(
+    /// `POST /v1/migrate` with `dry_run`: which approach would move the container and why
+    /// the others cannot; nothing is touched on either system.
+    pub async fn dry_run(&self, req: MigrateRequest) -> Result<Survey> {
+        let container = ContainerRef::parse(&req.container)?;
+        let to = PeerUrl::parse(&req.to)?;
+        let s = self.survey(&container, &to, req.approach).await?;
+        info!(
+            "dry run: {container} to {}: {}",
+            s.peer_name,
+            s.survey
+                .approach
+                .map(|a| a.to_string())
+                .or_else(|| s.survey.reason.clone())
+                .unwrap_or_default()
+        );
+        Ok(s.survey)
+    }
+
+    /// Pre-migration step 1 (and 2): the container and its running task here, the destination
+    /// up and what it can do, and the approaches assessed.
+    async fn survey(
         &self,
-        id: &str,
         container: &ContainerRef,
         to: &PeerUrl,
-        placement: &Placement,
-        source_url: String,
-        started: Instant,
-    ) -> Result<Plan> {
+        forced: Option<Approach>,
+    ) -> Result<Surveyed> {
         let me = self.name();
         let cd = self.containerd().await?;
         let ns = &container.namespace;
@@ -153,13 +187,6 @@ impl Coordinator {
         let c = cd.container(ns, &container.id).await?.ok_or_else(|| {
             Error::NotFound(format!("container {container} not found on system {me}"))
         })?;
-        let runtime = runtime_of(&c);
-        if runtime != UMS_RUNTIME {
-            return Err(Error::Unsupported(format!(
-                "container {container} runs with runtime {runtime:?}: the container-level \
-                 approach needs the ums runtime ({UMS_RUNTIME})"
-            )));
-        }
         let task = cd.task(ns, &container.id).await?.ok_or_else(|| {
             Error::Conflict(format!(
                 "container {container} has no task on system {me}: only a running service can \
@@ -172,46 +199,99 @@ impl Coordinator {
                 task.state.as_str()
             )));
         }
-        if c.image.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "container {container} was not created from an image (ctr run --rootfs?): the \
-                 destination recreates it from the same image"
-            )));
-        }
         let any = c.spec.as_ref().ok_or_else(|| {
             Error::Internal(format!("container {container} has no spec in containerd"))
         })?;
         let spec: Value = serde_json::from_slice(&any.value)
             .map_err(|e| Error::Internal(format!("the spec of {container} is not JSON: {e}")))?;
-        let cri_pod = match check_source_container(&spec, &c.labels, container)? {
-            Some(CriKind::Container) => Some(CriPod::of(&spec).unwrap_or_default()),
-            _ => None,
-        };
-        let (local_mounts, notes) = mounts::collect(&spec, &self.cfg.state_dir).await?;
-        let cri_source = cri_source_of(&cd, container, cri_pod.as_ref(), placement).await?;
+        let spec_type_url = any.type_url.clone();
 
-        // Step 2: the destination coordinator is there, and is not us.
+        // Step 2: the destination coordinator is there, is not us, and says what it can do.
         let health: Health = self.peers.get(&to.join("/healthz"), HEALTH_TIMEOUT).await?;
         if health.name == me {
             return Err(Error::BadRequest(format!(
                 "the destination {to} is this system ({me})"
             )));
         }
-        // Our shim serves the migration API (fail early and clearly if not).
-        let shim = Shim::connect(&self.cfg.containerd_state, container, SHIM_ADDRESS_WAIT).await?;
+        let local = Capabilities::local().await;
+        let peer = health.capabilities.unwrap_or_default();
+        let facts = Facts {
+            container,
+            runtime: runtime_of(&c),
+            image: &c.image,
+            spec: &spec,
+            labels: &c.labels,
+            source: me,
+            destination: &health.name,
+            local: &local,
+            peer: &peer,
+        };
+        let survey = Survey::choose(&facts, assess(&facts), forced);
+        Ok(Surveyed {
+            task_pid: task.pid,
+            spec,
+            spec_type_url,
+            peer_name: health.name,
+            survey,
+            containerd: cd,
+            container: c,
+        })
+    }
+
+    /// Pre-migration: the approach chosen and everything the migration needs.
+    async fn plan(
+        &self,
+        id: &str,
+        container: &ContainerRef,
+        to: &PeerUrl,
+        placement: &Placement,
+        source_url: String,
+        started: Instant,
+        forced: Option<Approach>,
+    ) -> Result<Plan> {
+        let s = self.survey(container, to, forced).await?;
+        let approach = s.survey.chosen()?;
+        let c = &s.container;
+        let cri_pod = match check_source_container(&s.spec, &c.labels, container)? {
+            Some(CriKind::Container) => Some(CriPod::of(&s.spec).unwrap_or_default()),
+            _ => None,
+        };
+        let (local_mounts, notes) = mounts::collect(&s.spec, &self.cfg.state_dir).await?;
+        let cri_source =
+            cri_source_of(&s.containerd, container, cri_pod.as_ref(), placement).await?;
+        let engine = match approach {
+            // Our shim serves the migration API (fail early and clearly if not).
+            Approach::Container => SourceEngine::Shim(
+                Shim::connect(&self.cfg.containerd_state, container, SHIM_ADDRESS_WAIT).await?,
+            ),
+            Approach::Orchestrator => SourceEngine::Native(NativeSource::new(
+                s.containerd.clone(),
+                container.clone(),
+                &c.snapshotter,
+                &c.snapshot_key,
+                &self.cfg.state_dir,
+            )),
+            Approach::Service => {
+                return Err(Error::Unsupported(format!(
+                    "the {approach} approach is not supported yet"
+                )))
+            }
+        };
         info!(
-            "migration {id}: {container} runs (pid {}), image {}, shim at {}; destination {} is up",
-            task.pid,
+            "migration {id}: {container} runs (pid {}), image {}, {approach} through {}; \
+             destination {} is up",
+            s.task_pid,
             c.image,
-            shim.address(),
-            health.name
+            engine.describe(),
+            s.peer_name
         );
         Ok(Plan {
             id: id.to_string(),
+            approach,
             container: container.clone(),
             source_url,
             to: to.clone(),
-            peer_name: health.name,
+            peer_name: s.peer_name.clone(),
             image: c.image.clone(),
             snapshotter: c.snapshotter.clone(),
             snapshot_key: c.snapshot_key.clone(),
@@ -221,15 +301,15 @@ impl Coordinator {
                 .and_then(|r| r.options.as_ref())
                 .map(AnyJson::from_any),
             labels: c.labels.clone(),
-            spec,
-            spec_type_url: any.type_url.clone(),
+            spec: s.spec.clone(),
+            spec_type_url: s.spec_type_url.clone(),
             cri_pod,
             interface: placement.to_interface,
             cri_source,
             local_mounts,
             notes,
-            shim,
-            containerd: cd,
+            engine,
+            containerd: s.containerd.clone(),
             started,
             endpoint: None,
         })
@@ -277,6 +357,7 @@ impl Coordinator {
             token: token.clone(),
             interface: p.interface,
             cri: p.cri_source.clone(),
+            approach: p.approach,
         };
         info!(
             "migration {id}: pre_migration: asking {} to create {}",
@@ -333,10 +414,10 @@ impl Coordinator {
         if let Err(e) = self.endpoint_hold(id, &p.containerd, &p.container).await {
             return Err(self.abort_both(p, e).await);
         }
-        let progress = self.spawn_progress(p.shim.clone(), id.clone());
+        let progress = self.spawn_progress(p.engine.clone(), id.clone());
         let dump_start = Instant::now();
         let dump = p
-            .shim
+            .engine
             .dump(id, &peer_addr, &token, self.cfg.dump_timeout)
             .await;
         progress.abort();
@@ -399,7 +480,7 @@ impl Coordinator {
         }
 
         Ok(Report {
-            approach: APPROACH.to_string(),
+            approach: p.approach.as_str().to_string(),
             source: p.source_url.clone(),
             source_system: self.name().to_string(),
             destination: p.to.base().to_string(),
@@ -438,14 +519,18 @@ impl Coordinator {
         })
     }
 
-    /// Polls our shim's Status while it dumps, for the bytes shown as progress.
-    fn spawn_progress(self: &Arc<Self>, shim: Shim, id: String) -> tokio::task::JoinHandle<()> {
+    /// Polls the dump's Status while it runs, for the bytes shown as progress.
+    fn spawn_progress(
+        self: &Arc<Self>,
+        engine: SourceEngine,
+        id: String,
+    ) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             loop {
                 tick.tick().await;
-                if let Ok(st) = shim.status(&id).await {
+                if let Ok(st) = engine.status(&id).await {
                     me.registry.set_bytes(&id, st.bytes);
                 }
             }
@@ -457,14 +542,14 @@ impl Coordinator {
         let id = &p.id;
         warn!("migration {id}: aborting after: {cause}");
         let mut notes = Vec::new();
-        match p.shim.abort(id).await {
+        match p.engine.abort(id).await {
             Ok(()) => info!(
                 "migration {id}: source shim aborted: {} resumes here",
                 p.container
             ),
             // A failed Dump resumes the service and forgets the migration by itself: Abort
             // then has nothing to do. The shim's Status tells.
-            Err(e) => match p.shim.status(id).await {
+            Err(e) => match p.engine.status(id).await {
                 Ok(st) if st.phase == "idle" || st.phase == "aborted" => info!(
                     "migration {id}: source shim has no migration left ({}): {} runs on here",
                     st.phase, p.container
@@ -531,7 +616,7 @@ impl Coordinator {
             warn!("migration {id}: post_migration: {w}");
             warnings.push(w);
         };
-        if let Err(e) = p.shim.commit(id).await {
+        if let Err(e) = p.engine.commit(id).await {
             warn_of(format!("source shim Commit failed ({e}); killing the task"));
             if let Err(e) = cd.kill_task(ns, cid, 9, true).await {
                 warn_of(format!("killing the source task failed: {e}"));

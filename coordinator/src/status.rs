@@ -218,13 +218,14 @@ pub fn explain(e: Error, at: &PeerUrl) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{PartialPhasesMs, Phase, APPROACH};
+    use crate::api::{PartialPhasesMs, Phase};
+    use crate::approach::Approach;
 
     fn rec(id: &str, state: State, phase: Phase) -> Record {
         Record {
             migration_id: id.into(),
             container: "default/web1".into(),
-            approach: APPROACH.into(),
+            approach: Approach::Container.as_str().into(),
             role: Role::Source,
             peer: "https://10.77.0.2:7400".into(),
             phase,

@@ -29,7 +29,7 @@ use crate::{
 /// Annotation of a task that is the destination of migration `<value>`.
 pub const RESTORE_ANNOTATION: &str = "io.ums.restore";
 /// The writable layer's changes, sent beside CRIU's images.
-const ROOTFS_DIFF: &str = "ums-rootfs.tar";
+pub const ROOTFS_DIFF: &str = "ums-rootfs.tar";
 /// How long a destination waits for a source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -294,8 +294,9 @@ impl DumpJob {
     }
 }
 
-/// Archives an overlay upper dir (whiteouts and opaque-dir xattrs included) with GNU tar.
-async fn tar_layer(upper: &Path, out: &Path) -> Result<()> {
+/// GNU tar archiving an overlay upper dir (whiteouts and opaque-dir xattrs included). Also
+/// run by the coordinator for containers on containerd's runc runtime.
+pub fn archive_layer_command(upper: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("tar");
     cmd.args([
         "--xattrs",
@@ -307,11 +308,11 @@ async fn tar_layer(upper: &Path, out: &Path) -> Result<()> {
     .arg("-cf")
     .arg(out)
     .arg(".");
-    run_tar(cmd, "archive the writable layer").await
+    cmd
 }
 
-/// Applies a layer archive onto the destination's upper dir.
-pub async fn untar_layer(archive: &Path, upper: &Path) -> Result<()> {
+/// GNU tar applying a layer archive onto the destination's upper dir.
+pub fn apply_layer_command(archive: &Path, upper: &Path) -> Command {
     let mut cmd = Command::new("tar");
     cmd.args([
         "--xattrs",
@@ -324,7 +325,25 @@ pub async fn untar_layer(archive: &Path, upper: &Path) -> Result<()> {
     .arg(upper)
     .arg("-xf")
     .arg(archive);
-    run_tar(cmd, "apply the writable layer").await
+    cmd
+}
+
+/// Archives an overlay upper dir.
+async fn tar_layer(upper: &Path, out: &Path) -> Result<()> {
+    run_tar(
+        archive_layer_command(upper, out),
+        "archive the writable layer",
+    )
+    .await
+}
+
+/// Applies a layer archive onto the destination's upper dir.
+pub async fn untar_layer(archive: &Path, upper: &Path) -> Result<()> {
+    run_tar(
+        apply_layer_command(archive, upper),
+        "apply the writable layer",
+    )
+    .await
 }
 
 async fn run_tar(cmd: Command, what: &str) -> Result<()> {

@@ -478,6 +478,20 @@ impl Bed {
         Migration::of(self.ums(from, &args, Duration::from_secs(300)))
     }
 
+    /// `ums migrate --from <from> --to <to> REFERENCE --json EXTRA...` (e.g. `--approach
+    /// orchestrator`, `--dry-run`), run in `from`'s namespace.
+    pub fn migrate_with(
+        &self,
+        from: &System,
+        to: &System,
+        reference: &str,
+        extra: &[&str],
+    ) -> Migration {
+        let mut args = Self::migrate_args(from, to, reference).to_vec();
+        args.extend_from_slice(extra);
+        Migration::of(self.ums(from, &args, Duration::from_secs(300)))
+    }
+
     /// The same in the background; [`Bed::finish_migrate`] collects it.
     pub fn spawn_migrate(
         &self,

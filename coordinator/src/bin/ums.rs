@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use log::{info, warn, LevelFilter};
 
 use ums_coordinator::api::{DestInterface, Placement};
+use ums_coordinator::approach::{Approach, Capabilities};
 use ums_coordinator::client::{self, MigrateOptions};
 use ums_coordinator::coordinator::read_token_file;
 use ums_coordinator::expose::{self, EndpointOptions, ExposeRequest, Mode};
@@ -25,8 +26,10 @@ use ums_coordinator::{logger, server, status, tls, Config, Coordinator};
     about = "Live migration of containerized services between two systems",
     long_about = "Live migration of containerized services between two systems.\n\n\
         Each system runs `ums coordinator` next to its containerd. `ums migrate` asks the \
-        source system's coordinator to move a running container (started through the ums \
-        runtime, io.containerd.ums.v1) to the destination system; the coordinators do the rest."
+        source system's coordinator to move a running container to the destination system; \
+        the coordinators do the rest: container-level for the ums runtime \
+        (io.containerd.ums.v1), orchestrator-level (containerd's own checkpoint/restore) for \
+        containerd's runc runtime (io.containerd.runc.v2); `ums migrate --dry-run` tells which."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -182,6 +185,18 @@ struct MigrateArgs {
     /// The destination endpoint's mode [default: the source endpoint's, else tcp].
     #[arg(long, value_name = "tcp|http")]
     endpoint_mode: Option<Mode>,
+    /// Only say which approach would migrate the container and why the others cannot
+    /// (exit status 1 if none can); nothing is touched.
+    #[arg(long)]
+    dry_run: bool,
+    /// Use this approach (container, orchestrator, service); refused before anything is
+    /// touched if it cannot migrate the container. Default: the first feasible one.
+    #[arg(long, value_name = "APPROACH", value_parser = parse_approach)]
+    approach: Option<Approach>,
+}
+
+fn parse_approach(s: &str) -> std::result::Result<Approach, String> {
+    Approach::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(clap::Args)]
@@ -332,6 +347,17 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         cfg.containerd_state.display(),
         cfg.state_dir.display()
     );
+    // Probed once here (criu check takes a while), then answered in every /healthz.
+    let caps = Capabilities::local().await;
+    info!(
+        "capabilities: CRIU {}, runc {}, runtimes {}",
+        caps.criu
+            .as_deref()
+            .or(caps.criu_error.as_deref())
+            .unwrap_or("none"),
+        caps.runc.as_deref().unwrap_or("none"),
+        caps.runtimes.join(", ")
+    );
     let coordinator = Coordinator::new(cfg);
     match coordinator.sweep_stale_incoming().await {
         Ok(0) => {}
@@ -379,6 +405,24 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
         mode: a.endpoint_mode,
     };
     opts.endpoint = (!endpoint.is_empty()).then_some(endpoint);
+    opts.approach = a.approach;
+    if a.dry_run {
+        let survey = client::survey(&opts)
+            .await
+            .with_context(|| format!("surveying {} from {} to {}", a.container, a.from, a.to))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&survey).context("encoding the survey")?
+            );
+        } else {
+            print!("{}", survey.explain());
+        }
+        return match survey.reason {
+            Some(r) if !survey.feasible => Err(anyhow::anyhow!(r)),
+            _ => Ok(()),
+        };
+    }
     let quiet = a.quiet;
     let report = client::migrate(&opts, |p| {
         if !quiet {

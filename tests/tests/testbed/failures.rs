@@ -9,14 +9,14 @@ use ums_tests::wait_for;
 use crate::common::*;
 
 /// An image name tagged on a system for one test; untagged when dropped.
-struct Tag<'a> {
+pub struct Tag<'a> {
     sys: &'a System,
     name: String,
 }
 
 impl<'a> Tag<'a> {
     #[track_caller]
-    fn new(sys: &'a System, source: &str, name: &str) -> Tag<'a> {
+    pub fn new(sys: &'a System, source: &str, name: &str) -> Tag<'a> {
         sys.ctr()
             .cmd(&["images", "tag", "--force", source, name])
             .expect_ok(&format!("ctr images tag {source} {name} on {}", sys.name));

@@ -11,6 +11,7 @@
 //!
 //! `cargo test -p ums-tests --test testbed -- --test-threads=1` (after `cargo build --workspace`).
 
+mod approach;
 mod common;
 mod cri;
 mod failures;
@@ -101,6 +102,18 @@ fn outer_image_nested_counter_a_to_b() {
     with_bed(
         "outer_image_nested_counter_a_to_b",
         outer::nested_counter_a_to_b,
+}
+
+#[test]
+fn approach_dry_runs() {
+    with_bed("approach_dry_runs", approach::dry_runs);
+}
+
+#[test]
+fn approach_both_migrate_the_counter() {
+    with_bed(
+        "approach_both_migrate_the_counter",
+        approach::both_approaches,
     );
 }
 
@@ -132,4 +145,20 @@ fn frontman_http_mode() {
 #[test]
 fn frontman_bypass_refused() {
     with_bed("frontman_bypass_refused", frontman::bypass_refused);
+}
+
+#[test]
+fn approach_forced_infeasible_refused() {
+    with_bed(
+        "approach_forced_infeasible_refused",
+        approach::forced_infeasible_refused,
+    );
+}
+
+#[test]
+fn approach_orchestrator_rollback() {
+    with_bed(
+        "approach_orchestrator_rollback",
+        approach::orchestrator_rollback,
+    );
 }
