@@ -7,6 +7,8 @@
 #   hack/testbed.sh env                              shell exports: eval "$(hack/testbed.sh env)"
 #   hack/testbed.sh check                            ping, a ctr container and a CRI pod (runtime
 #                                                    ums) on each system, throughput a->b
+#   hack/testbed.sh coordinator a|b start|stop|kill  start or stop (SIGTERM; kill: SIGKILL, a
+#                                                    crash) one system's coordinator
 #
 # Layout (run as root):
 #   network namespaces ums-a / ums-b joined by a veth pair veth-ums-a (10.77.0.1/24, in ums-a)
@@ -385,6 +387,11 @@ start_coordinator() {
   if grep -q -- '--cgroup-parent' <<<"$help"; then
     extra+=(--cgroup-parent "$(cgroup_parent "$s")")
   fi
+  # Images arrive in a dir of the test bed (a test mounts a small tmpfs there: disk full).
+  if grep -q -- '--image-dir' <<<"$help"; then
+    mkdir -p "$dir/images"
+    extra+=(--image-dir "$dir/images")
+  fi
   echo "=== $(date -Is) testbed up: starting the coordinator" >>"$dir/coordinator.log"
   pid=$(detach "$dir/coordinator.log" nsenter --net="/run/netns/${NETNS[$s]}" -- \
     env PATH="$(daemon_path "$s")" "$BIN_DIR/ums" coordinator --listen "${IP[$s]}:$PORT" \
@@ -667,6 +674,26 @@ cmd_env() {
   done
 }
 
+cmd_coordinator() { # a|b start|stop|kill
+  local s=${1:-} action=${2:-} pid i
+  [[ $s == a || $s == b ]] || die "coordinator: system a or b expected, got '$s'"
+  need_root
+  resolve_bin_dir
+  pid=$(coordinator_pid "$s")
+  case $action in
+    start) start_coordinator "$s" ;;
+    stop) [ -z "$pid" ] || stop_pid "$pid" "coordinator $s" 5 ;;
+    kill)
+      [ -n "$pid" ] || { log "system $s: no coordinator running"; return 0; }
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && die "system $s: the coordinator (pid $pid) survived SIGKILL"
+      log "system $s: coordinator (pid $pid) killed"
+      ;;
+    *) die "coordinator: start, stop or kill expected, got '$action'" ;;
+  esac
+}
+
 # ---------------------------------------------------------------------------------------------
 
 cmd=${1:-}
@@ -681,7 +708,8 @@ case $cmd in
   status) cmd_status "$@" ;;
   check) cmd_check "$@" ;;
   env) cmd_env "$@" ;;
+  coordinator) cmd_coordinator "$@" ;;
   -h|--help|help) usage ;;
   "") usage >&2; exit 2 ;;
-  *) echo "testbed.sh: unknown command $cmd (up|down|status|env)" >&2; exit 2 ;;
+  *) echo "testbed.sh: unknown command $cmd (up|down|status|env|check|coordinator)" >&2; exit 2 ;;
 esac

@@ -227,6 +227,7 @@ impl Coordinator {
                     &self.cfg.stream_listen(),
                     &req.token,
                     self.cfg.max_stream_bytes,
+                    &self.cfg.images_dir(),
                 )
                 .await?;
             Ok::<_, Error>((pid, shim, address))
@@ -429,7 +430,7 @@ impl Coordinator {
     }
 
     /// Kills and deletes the task, deletes the container and its snapshot. Returns what failed.
-    async fn cleanup_with(
+    pub(crate) async fn cleanup_with(
         &self,
         cd: &Containerd,
         id: &str,

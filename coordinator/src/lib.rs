@@ -20,6 +20,7 @@ pub mod http;
 pub mod image;
 pub mod logger;
 pub mod mounts;
+pub mod recovery;
 pub mod refs;
 pub mod registry;
 pub mod server;

@@ -66,7 +66,40 @@ pub fn router(c: Shared) -> Router {
         .route("/v1/migrations/{id}/abort", post(abort))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(c)
+}
+
+/// axum's own rejections (a body over [`MAX_BODY`]: 413, a malformed path, ...) are plain
+/// text: answered as JSON errors like every other.
+async fn json_rejections(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (error, kind) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        (
+            format!("the request body is larger than {MAX_BODY} bytes ({text})"),
+            "payload_too_large",
+        )
+    } else if text.is_empty() {
+        (status.to_string(), "bad_request")
+    } else {
+        (text, "bad_request")
+    };
+    let body = ErrorBody {
+        error,
+        kind: kind.into(),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -28,6 +28,7 @@ use crate::coordinator::{new_migration_id, random_hex, Coordinator};
 use crate::cri::Cri;
 use crate::error::{Error, Result};
 use crate::mounts;
+use crate::recovery::Journal;
 use crate::refs::{ContainerRef, PeerUrl};
 use crate::shim::Shim;
 use crate::spec::{check_source_container, CriKind, CriPod};
@@ -216,7 +217,10 @@ impl Coordinator {
 
     async fn run(self: Arc<Self>, plan: Plan) {
         let id = plan.id.clone();
-        match self.drive(&plan).await {
+        let outcome = self.drive(&plan).await;
+        // Ended either way: a restart has nothing to recover (see recovery.rs).
+        Journal::remove(&self.cfg.state_dir, &id).await;
+        match outcome {
             Ok(report) => {
                 info!(
                     "migration {id}: completed: {} now runs on {} (total {} ms, frozen {} ms, {} bytes)",
@@ -239,6 +243,9 @@ impl Coordinator {
     async fn drive(self: &Arc<Self>, p: &Plan) -> Result<Report> {
         let id = &p.id;
         let token = random_hex(32)?;
+        let state_dir = &self.cfg.state_dir;
+        let mut journal = Journal::new(id, &p.container, p.to.base(), &p.peer_name);
+        journal.enter(state_dir, Phase::PreMigration).await;
 
         // Pre-migration, step 3: the destination creates the container and listens.
         let incoming = IncomingRequest {
@@ -287,6 +294,7 @@ impl Coordinator {
 
         // Migration: freeze, checkpoint and stream.
         self.registry.set_phase(id, Phase::Checkpoint);
+        journal.enter(state_dir, Phase::Checkpoint).await;
         info!(
             "migration {id}: checkpoint: dumping {} to {peer_addr}",
             p.container
@@ -317,6 +325,7 @@ impl Coordinator {
 
         // Migration, step 11: the destination restores.
         self.registry.set_phase(id, Phase::Restore);
+        journal.enter(state_dir, Phase::Restore).await;
         info!(
             "migration {id}: restore: asking {} to start {}",
             p.peer_name, p.container
@@ -344,6 +353,7 @@ impl Coordinator {
 
         // Post-migration: the service ends here.
         self.registry.set_phase(id, Phase::PostMigration);
+        journal.enter(state_dir, Phase::PostMigration).await;
         let post_start = Instant::now();
         let warnings = self.remove_source(p).await;
         let post_ms = ms(post_start.elapsed());

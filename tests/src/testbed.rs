@@ -94,6 +94,12 @@ impl System {
             .then(|| System::new(name, version, &dir, &url))
     }
 
+    /// Where the destination shims receive images (`--image-dir` of the test bed's
+    /// coordinator).
+    pub fn image_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
@@ -459,6 +465,24 @@ impl Bed {
         format!("/{}-testbed-{}", self.prefix, sys.name)
     }
 
+    /// `hack/testbed.sh coordinator <sys> start|stop|kill`.
+    pub fn coordinator(&self, sys: &System, action: &str) -> util::Output {
+        self.script(&["coordinator", &sys.name, action], Duration::from_secs(60))
+    }
+
+    /// The pid of `sys`'s coordinator as `hack/testbed.sh` recorded it, if that process runs.
+    pub fn coordinator_pid(&self, sys: &System) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(sys.dir.join("coordinator.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        procfs::cmdline(pid)
+            .iter()
+            .any(|a| a == "coordinator")
+            .then_some(pid)
+    }
+
     pub fn coordinator_log(&self, sys: &System) -> PathBuf {
         sys.dir.join("coordinator.log")
     }
@@ -503,6 +527,14 @@ impl Bed {
             .join(id);
         if bundle.exists() {
             left.push(format!("bundle dir {}", bundle.display()));
+        }
+        // Images of any migration (the tests run one at a time).
+        for e in fs::read_dir(sys.image_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("received images {}", e.path().display()));
         }
         let sock = sys.socket().to_string_lossy().into_owned();
         for p in procfs::pids_with_arg_pair("-id", id) {

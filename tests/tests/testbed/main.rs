@@ -12,6 +12,7 @@
 //! `cargo test -p ums-tests --test testbed -- --test-threads=1` (after `cargo build --workspace`).
 
 mod common;
+mod control;
 mod failures;
 mod scenarios;
 
@@ -75,4 +76,43 @@ fn refuse_second_migration() {
 #[test]
 fn refuse_bad_refs() {
     with_bed("refuse_bad_refs", failures::bad_refs);
+}
+
+#[test]
+fn fail_destination_down_at_start() {
+    with_bed(
+        "fail_destination_down_at_start",
+        failures::destination_down_at_start,
+    );
+}
+
+#[test]
+fn fail_destination_killed_mid_stream() {
+    with_bed(
+        "fail_destination_killed_mid_stream",
+        failures::destination_killed_mid_stream,
+    );
+}
+
+#[test]
+fn fail_source_restarted() {
+    with_bed("fail_source_restarted", failures::source_restarted);
+}
+
+#[test]
+fn fail_disk_full_on_b() {
+    with_bed("fail_disk_full_on_b", failures::disk_full_on_b);
+}
+
+#[test]
+fn refuse_bad_api_input() {
+    with_bed("refuse_bad_api_input", control::bad_input);
+}
+
+#[test]
+fn refuse_control_during_migration() {
+    with_bed(
+        "refuse_control_during_migration",
+        control::control_plane_during_migration,
+    );
 }
