@@ -471,6 +471,18 @@ impl Coordinator {
         if let Err(e) = mounts::remove(&mounts::migration_dir(&self.cfg.state_dir, r, id)).await {
             note(format!("mount sources: {e}"));
         }
+        // Images received outside the bundle (--image-dir) do not go with it; a killed shim
+        // leaves its staging dir there too (the shim names them in-<id>[.staging]).
+        if let Some(d) = &self.cfg.image_dir {
+            let images = d.join(format!("in-{id}"));
+            for p in [images.with_extension("staging"), images] {
+                if let Err(e) = tokio::fs::remove_dir_all(&p).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        note(format!("removing {}: {e}", p.display()));
+                    }
+                }
+            }
+        }
         failed
     }
 

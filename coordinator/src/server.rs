@@ -337,6 +337,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn oversized_bodies_are_json_413() {
+        let (base, _stop) = start(None).await;
+        let big = serde_json::json!({
+            "ref": "default/web1", "to": "http://127.0.0.1:1", "pad": "x".repeat(MAX_BODY)
+        });
+        let e = HttpClient::new(None)
+            .post::<_, serde_json::Value>(&format!("{base}/v1/migrate"), &big, T)
+            .await
+            .unwrap_err();
+        assert_eq!(status_of(&e), Some(413), "{e}");
+        // The client found a JSON error body (it quotes a text body with its status).
+        assert!(
+            e.to_string().contains("is larger than 8388608 bytes"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
     async fn containerd_down_is_a_clear_error_and_frees_the_container() {
         let (base, _stop) = start(None).await;
         let open = HttpClient::new(None);

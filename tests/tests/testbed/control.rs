@@ -172,7 +172,8 @@ pub fn control_plane_during_migration(bed: &Bed) {
         .spawn_migrate(a, b, &svc.reference())
         .expect("spawn ums migrate");
     wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
-        (staging_bytes(b, &id) > 0 || mig.finished()).then_some(())
+        let streaming = staging_bytes(b, &id) > 0 && mig.stderr_now().contains(" started");
+        (streaming || mig.finished()).then_some(())
     });
     assert!(
         !mig.finished(),

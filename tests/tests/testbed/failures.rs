@@ -480,7 +480,7 @@ pub fn destination_killed_mid_stream(bed: &Bed) {
         let mut killed = None;
         while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
             let got = staging_bytes(b, &id);
-            if got >= threshold {
+            if got >= threshold && mig.stderr_now().contains(" started") {
                 killed = kill_coordinator(bed, b).map(|pid| (got, pid));
                 break;
             }
@@ -560,7 +560,7 @@ pub fn source_restarted(bed: &Bed) {
         let mut killed = None;
         while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
             let got = staging_bytes(b, &id);
-            if got >= threshold {
+            if got >= threshold && mig.stderr_now().contains(" started") {
                 killed = kill_coordinator(bed, a).map(|pid| (got, pid));
                 break;
             }
