@@ -181,15 +181,17 @@ pub fn control_plane_during_migration(bed: &Bed) {
         mig.stderr_now()
     );
     let ctr = a.ctr();
-    // containerd itself refuses to delete a running task or a container with a task; with
-    // --force it kills first (refused by the shim, which containerd ignores) and then asks the
-    // shim to delete, which refuses.
+    // containerd itself refuses to delete a running task (with --force too: the task is still
+    // RUNNING, since the shim refused to kill it) or a container whose task runs.
     let attempts: [(&[&str], &str); 5] = [
         (&["tasks", "kill", &id], "being migrated"),
         (&["tasks", "kill", "-s", "SIGKILL", &id], "being migrated"),
         (&["tasks", "delete", &id], "must be stopped"),
-        (&["tasks", "delete", "--force", &id], "being migrated"),
-        (&["containers", "delete", &id], "task"),
+        (&["tasks", "delete", "--force", &id], "must be stopped"),
+        (
+            &["containers", "delete", &id],
+            "cannot delete a non stopped container",
+        ),
     ];
     for (args, needle) in attempts {
         let out = ctr.cmd(args);
