@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AbortResponse, Phase, Record, Role, State};
+use crate::api::{Phase, Record, Role, State};
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::refs::{ContainerRef, PeerUrl};
@@ -288,7 +288,15 @@ impl Coordinator {
                 j.container
             );
         }
-        let notes = self.abort_peer(j).await;
+        let mut notes = self
+            .abort_peer(&PeerUrl::parse(&j.peer)?, id, &j.peer_name)
+            .await;
+        if !notes.is_empty() {
+            notes.push(format!(
+                "{} removes the prepared container after its --incoming-timeout",
+                j.peer_name
+            ));
+        }
         Ok(Settled::Aborted { resumed, notes })
     }
 
@@ -328,40 +336,6 @@ impl Coordinator {
                 return Ok(Some(rec.state == State::Completed));
             }
             tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Tells the destination to drop the migration; returns what failed.
-    async fn abort_peer(&self, j: &Journal) -> Vec<String> {
-        let id = &j.migration_id;
-        let url = match PeerUrl::parse(&j.peer) {
-            Ok(u) => u.join(&format!("/v1/migrations/{id}/abort")),
-            Err(e) => return vec![format!("destination {}: {e}", j.peer)],
-        };
-        match self
-            .peers
-            .post::<_, AbortResponse>(&url, &serde_json::json!({}), PEER_TIMEOUT)
-            .await
-        {
-            Ok(r) => {
-                info!(
-                    "migration {id}: destination {} aborted: {}",
-                    j.peer_name,
-                    r.detail.join("; ")
-                );
-                Vec::new()
-            }
-            // Unknown there: it never got that far, or cleaned up by itself.
-            Err(Error::Peer {
-                status: Some(404), ..
-            }) => Vec::new(),
-            Err(e) => {
-                warn!("migration {id}: destination abort failed: {e}");
-                vec![format!(
-                    "destination abort failed: {e}; it removes the prepared container after \
-                     its --incoming-timeout"
-                )]
-            }
         }
     }
 

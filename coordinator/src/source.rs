@@ -453,11 +453,15 @@ impl Coordinator {
 
     /// Tells the destination to drop everything of this migration.
     async fn abort_destination(&self, p: &Plan) -> Vec<String> {
-        let id = &p.id;
+        self.abort_peer(&p.to, &p.id, &p.peer_name).await
+    }
+
+    /// Tells the destination coordinator at `to` to drop migration `id`; returns what failed.
+    pub(crate) async fn abort_peer(&self, to: &PeerUrl, id: &str, peer_name: &str) -> Vec<String> {
         match self
             .peers
             .post::<_, AbortResponse>(
-                &p.to.join(&format!("/v1/migrations/{id}/abort")),
+                &to.join(&format!("/v1/migrations/{id}/abort")),
                 &serde_json::json!({}),
                 ABORT_TIMEOUT,
             )
@@ -465,8 +469,7 @@ impl Coordinator {
         {
             Ok(r) => {
                 info!(
-                    "migration {id}: destination {} aborted: {}",
-                    p.peer_name,
+                    "migration {id}: destination {peer_name} aborted: {}",
                     r.detail.join("; ")
                 );
                 Vec::new()

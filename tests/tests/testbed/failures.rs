@@ -393,6 +393,29 @@ fn kill_coordinator(bed: &Bed, sys: &System) -> Option<i32> {
     Some(pid)
 }
 
+/// SIGKILLs `victim`'s coordinator once the migration `mig` of memhog 512 MiB `id` was
+/// announced and B holds `threshold` bytes of its stream; returns the bytes B held and the pid.
+/// None: the stream was over before (no kill, or one that did not land mid-stream).
+fn kill_coordinator_mid_stream(
+    bed: &Bed,
+    victim: &System,
+    mig: &mut ums_tests::util::Spawned,
+    id: &str,
+    threshold: u64,
+) -> Option<(u64, i32)> {
+    let t0 = Instant::now();
+    while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
+        let got = staging_bytes(&bed.b, id);
+        if got >= threshold && mig.stderr_now().contains(" started") {
+            return kill_coordinator(bed, victim)
+                .map(|pid| (got, pid))
+                .filter(|(at, _)| *at < 512 * MIB);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 /// The migration id `ums migrate` announced on stderr (`ums: migration m-... of ... started`).
 fn announced_id(stderr: &str) -> Option<String> {
     stderr.lines().find_map(|l| {
@@ -476,17 +499,7 @@ pub fn destination_killed_mid_stream(bed: &Bed) {
         let mut mig = bed
             .spawn_migrate(a, b, &svc.reference())
             .expect("spawn ums migrate");
-        let t0 = Instant::now();
-        let mut killed = None;
-        while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
-            let got = staging_bytes(b, &id);
-            if got >= threshold && mig.stderr_now().contains(" started") {
-                killed = kill_coordinator(bed, b).map(|pid| (got, pid));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let Some((at, pid)) = killed.filter(|(at, _)| *at < 512 * MIB) else {
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, b, &mut mig, &id, threshold) else {
             let m = bed.finish_migrate(mig);
             say(format!(
                 "destination killed, attempt {attempt}: the kill did not land mid-stream (stream \
@@ -556,17 +569,7 @@ pub fn source_restarted(bed: &Bed) {
         let mut mig = bed
             .spawn_migrate(a, b, &svc.reference())
             .expect("spawn ums migrate");
-        let t0 = Instant::now();
-        let mut killed = None;
-        while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
-            let got = staging_bytes(b, &id);
-            if got >= threshold && mig.stderr_now().contains(" started") {
-                killed = kill_coordinator(bed, a).map(|pid| (got, pid));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let Some((at, pid)) = killed.filter(|(at, _)| *at < 512 * MIB) else {
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, a, &mut mig, &id, threshold) else {
             drop(back);
             let m = bed.finish_migrate(mig);
             say(format!(
