@@ -7,6 +7,8 @@
 #   hack/testbed.sh env                              shell exports: eval "$(hack/testbed.sh env)"
 #   hack/testbed.sh check                            ping, a ctr container and a CRI pod (runtime
 #                                                    ums) on each system, throughput a->b
+#   hack/testbed.sh coordinator a|b start|stop|kill  start or stop (SIGTERM; kill: SIGKILL, a
+#                                                    crash) one system's coordinator
 #
 # Layout (run as root):
 #   network namespaces ums-a / ums-b joined by a veth pair veth-ums-a (10.77.0.1/24, in ums-a)
@@ -435,6 +437,11 @@ start_coordinator() {
     ensure_certs
     extra+=(--tls-cert "$TLS_DIR/$s.pem" --tls-key "$TLS_DIR/$s.key" --tls-ca "$TLS_DIR/ca.pem")
   fi
+  # Images arrive in a dir of the test bed (a test mounts a small tmpfs there: disk full).
+  if grep -q -- '--image-dir' <<<"$help"; then
+    mkdir -p "$dir/images"
+    extra+=(--image-dir "$dir/images")
+  fi
   echo "=== $(date -Is) testbed up: starting the coordinator" >>"$dir/coordinator.log"
   pid=$(detach "$dir/coordinator.log" nsenter --net="/run/netns/${NETNS[$s]}" -- \
     env PATH="$(daemon_path "$s")" "$BIN_DIR/ums" coordinator --listen "${IP[$s]}:$PORT" \
@@ -720,6 +727,26 @@ cmd_env() {
   done
 }
 
+cmd_coordinator() { # a|b start|stop|kill
+  local s=${1:-} action=${2:-} pid i
+  [[ $s == a || $s == b ]] || die "coordinator: system a or b expected, got '$s'"
+  need_root
+  resolve_bin_dir
+  pid=$(coordinator_pid "$s")
+  case $action in
+    start) start_coordinator "$s" ;;
+    stop) [ -z "$pid" ] || stop_pid "$pid" "coordinator $s" 5 ;;
+    kill)
+      [ -n "$pid" ] || { log "system $s: no coordinator running"; return 0; }
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && die "system $s: the coordinator (pid $pid) survived SIGKILL"
+      log "system $s: coordinator (pid $pid) killed"
+      ;;
+    *) die "coordinator: start, stop or kill expected, got '$action'" ;;
+  esac
+}
+
 # ---------------------------------------------------------------------------------------------
 
 cmd=${1:-}
@@ -734,7 +761,8 @@ case $cmd in
   status) cmd_status "$@" ;;
   check) cmd_check "$@" ;;
   env) cmd_env "$@" ;;
+  coordinator) cmd_coordinator "$@" ;;
   -h|--help|help) usage ;;
   "") usage >&2; exit 2 ;;
-  *) echo "testbed.sh: unknown command $cmd (up|down|status|env)" >&2; exit 2 ;;
+  *) echo "testbed.sh: unknown command $cmd (up|down|status|env|check|coordinator)" >&2; exit 2 ;;
 esac

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::refs::{ContainerRef, PeerUrl};
 
+/// How long `ums migrate` keeps asking a source coordinator that does not answer.
+const LOST_CONTACT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     pub from: String,
@@ -94,7 +97,9 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
     let started = Instant::now();
     let url = from.join(&format!("/v1/migrations/{id}"));
     let mut last: Option<(Phase, u64)> = None;
-    let mut failures = 0u32;
+    // Since when the source has not answered: a restarting coordinator ends the migrations it
+    // finds in flight (recovery.rs) and answers again.
+    let mut lost: Option<Instant> = None;
     loop {
         if started.elapsed() > opts.timeout {
             return Err(Error::Timeout(format!(
@@ -104,15 +109,26 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
         }
         let rec: Record = match http.get(&url, Duration::from_secs(10)).await {
             Ok(r) => {
-                failures = 0;
+                lost = None;
                 r
             }
+            Err(Error::Peer {
+                status: Some(404),
+                message,
+                ..
+            }) => {
+                return Err(Error::Failed(format!(
+                    "the source coordinator {from} no longer knows migration {id} ({message}): \
+                     restarted without its state dir?"
+                )))
+            }
             Err(e) => {
-                failures += 1;
-                if failures >= 10 {
+                let since = *lost.get_or_insert_with(Instant::now);
+                if since.elapsed() >= LOST_CONTACT {
                     return Err(Error::Failed(format!(
-                        "lost contact with the source coordinator {from} ({e}); migration {id} \
-                         may still be running there"
+                        "lost contact with the source coordinator {from} for {}s ({e}); \
+                         migration {id} may still be running there",
+                        LOST_CONTACT.as_secs()
                     )));
                 }
                 tokio::time::sleep(opts.poll * 2).await;

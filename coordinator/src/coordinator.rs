@@ -47,6 +47,9 @@ pub struct Config {
     /// Cgroup parent of the ctr-style containers this coordinator creates (`<parent>/<ns>/<id>`;
     /// empty: `/<ns>/<id>` as ctr does). For systems sharing one cgroup hierarchy.
     pub cgroup_parent: String,
+    /// Where the destination shims receive images (`<dir>/in-<migration>`); `None`: in the
+    /// task's bundle under containerd's state dir (often a tmpfs in RAM).
+    pub image_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -71,7 +74,16 @@ impl Config {
             incoming_timeout: Duration::from_secs(900),
             max_stream_bytes: 0,
             cgroup_parent: String::new(),
+            image_dir: None,
         }
+    }
+
+    /// The image dir a destination shim is given (empty: its bundle).
+    pub fn images_dir(&self) -> String {
+        self.image_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
     }
 
     /// The `listen` value for the destination shim's Prepare: `ip:0`.

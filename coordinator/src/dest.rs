@@ -289,6 +289,7 @@ impl Coordinator {
                     &self.cfg.stream_listen(),
                     &req.token,
                     self.cfg.max_stream_bytes,
+                    &self.cfg.images_dir(),
                 )
                 .await?;
             Ok::<_, Error>((pid, DestReceiver::Shim(shim), address))
@@ -510,7 +511,7 @@ impl Coordinator {
     }
 
     /// Kills and deletes the task, deletes the container and its snapshot. Returns what failed.
-    async fn cleanup_with(
+    pub(crate) async fn cleanup_with(
         &self,
         cd: &Containerd,
         id: &str,
@@ -556,6 +557,18 @@ impl Coordinator {
         if let Err(e) = tokio::fs::remove_dir_all(&native).await {
             if e.kind() != std::io::ErrorKind::NotFound {
                 note(format!("removing {}: {e}", native.display()));
+            }
+        }
+        // Images received outside the bundle (--image-dir) do not go with it; a killed shim
+        // leaves its staging dir there too (the shim names them in-<id>[.staging]).
+        if let Some(d) = &self.cfg.image_dir {
+            let images = d.join(format!("in-{id}"));
+            for p in [images.with_extension("staging"), images] {
+                if let Err(e) = tokio::fs::remove_dir_all(&p).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        note(format!("removing {}: {e}", p.display()));
+                    }
+                }
             }
         }
         failed

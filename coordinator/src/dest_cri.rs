@@ -285,6 +285,7 @@ impl Coordinator {
                 &self.cfg.stream_listen(),
                 &req.token,
                 self.cfg.max_stream_bytes,
+                &self.cfg.images_dir(),
             )
             .await;
         *shim_out = Some(shim);

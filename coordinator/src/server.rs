@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use crate::api::{parse_body, validate_migration_id, Health, IncomingRequest, MigrateRequest};
 use crate::approach::Capabilities;
 use crate::coordinator::Coordinator;
-use crate::expose_api;
 use crate::error::{Error, ErrorBody};
+use crate::expose_api;
 use crate::logger::in_migration;
 use crate::tls::TlsListener;
 
@@ -95,8 +95,18 @@ pub fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<Shared>
         ("/v1/expose", "get", Token, get(expose_api::list)),
         ("/v1/expose", "post", Token, post(expose_api::expose)),
         ("/v1/expose/{id}", "get", Token, get(expose_api::show)),
-        ("/v1/expose/{id}", "delete", Token, delete(expose_api::unexpose)),
-        ("/v1/expose/{id}/resume", "post", Token, post(expose_api::resume)),
+        (
+            "/v1/expose/{id}",
+            "delete",
+            Token,
+            delete(expose_api::unexpose),
+        ),
+        (
+            "/v1/expose/{id}/resume",
+            "post",
+            Token,
+            post(expose_api::resume),
+        ),
     ]
 }
 
@@ -113,7 +123,40 @@ pub fn router(c: Shared) -> Router {
     open.merge(guarded)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(c)
+}
+
+/// axum's own rejections (a body over [`MAX_BODY`]: 413, a malformed path, ...) are plain
+/// text: answered as JSON errors like every other.
+async fn json_rejections(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (error, kind) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        (
+            format!("the request body is larger than {MAX_BODY} bytes ({text})"),
+            "payload_too_large",
+        )
+    } else if text.is_empty() {
+        (status.to_string(), "bad_request")
+    } else {
+        (text, "bad_request")
+    };
+    let body = ErrorBody {
+        error,
+        kind: kind.into(),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; over TLS with `tls`.
@@ -425,6 +468,24 @@ mod tests {
         assert!(
             m.contains("ums_http_refused_total{system=\"t\",code=\"403\"} 6"),
             "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_json_413() {
+        let (base, _stop) = start(None).await;
+        let big = serde_json::json!({
+            "ref": "default/web1", "to": "http://127.0.0.1:1", "pad": "x".repeat(MAX_BODY)
+        });
+        let e = HttpClient::new(None)
+            .post::<_, serde_json::Value>(&format!("{base}/v1/migrate"), &big, T)
+            .await
+            .unwrap_err();
+        assert_eq!(status_of(&e), Some(413), "{e}");
+        // The client found a JSON error body (it quotes a text body with its status).
+        assert!(
+            e.to_string().contains("is larger than 8388608 bytes"),
+            "{e}"
         );
     }
 

@@ -105,6 +105,7 @@ impl Shim {
         listen: &str,
         token: &str,
         max_bytes: u64,
+        images_dir: &str,
     ) -> Result<String> {
         let req = PrepareRequest {
             id: self.id.clone(),
@@ -112,6 +113,7 @@ impl Shim {
             listen: listen.into(),
             token: token.into(),
             max_bytes,
+            dir: images_dir.into(),
             ..Default::default()
         };
         let r = self

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::logger;
 use crate::mounts;
 use crate::orchestrator::NativeSource;
+use crate::recovery::Journal;
 use crate::refs::{ContainerRef, PeerUrl};
 use crate::shim::Shim;
 use crate::spec::{check_source_container, CriKind, CriPod};
@@ -126,7 +127,15 @@ impl Coordinator {
             self.name()
         );
         let mut plan = match self
-            .plan(&id, &container, &to, &req.placement, source_url, started, req.approach)
+            .plan(
+                &id,
+                &container,
+                &to,
+                &req.placement,
+                source_url,
+                started,
+                req.approach,
+            )
             .await
         {
             Ok(p) => p,
@@ -317,7 +326,10 @@ impl Coordinator {
 
     async fn run(self: Arc<Self>, plan: Plan) {
         let id = plan.id.clone();
-        match self.drive(&plan).await {
+        let outcome = self.drive(&plan).await;
+        // Ended either way: a restart has nothing to recover (see recovery.rs).
+        Journal::remove(&self.cfg.state_dir, &id).await;
+        match outcome {
             Ok(report) => {
                 info!(
                     "migration {id}: completed: {} now runs on {} (total {} ms, frozen {} ms, {} bytes)",
@@ -340,6 +352,9 @@ impl Coordinator {
     async fn drive(self: &Arc<Self>, p: &Plan) -> Result<Report> {
         let id = &p.id;
         let token = random_hex(32)?;
+        let state_dir = &self.cfg.state_dir;
+        let mut journal = Journal::new(id, &p.container, p.to.base(), &p.peer_name);
+        journal.enter(state_dir, Phase::PreMigration).await;
 
         // Pre-migration, step 3: the destination creates the container and listens.
         let incoming = IncomingRequest {
@@ -407,6 +422,7 @@ impl Coordinator {
 
         // Migration: freeze, checkpoint and stream.
         self.registry.set_phase(id, Phase::Checkpoint);
+        journal.enter(state_dir, Phase::Checkpoint).await;
         info!(
             "migration {id}: checkpoint: dumping {} to {peer_addr}",
             p.container
@@ -440,6 +456,7 @@ impl Coordinator {
 
         // Migration, step 11: the destination restores.
         self.registry.set_phase(id, Phase::Restore);
+        journal.enter(state_dir, Phase::Restore).await;
         info!(
             "migration {id}: restore: asking {} to start {}",
             p.peer_name, p.container
@@ -469,6 +486,7 @@ impl Coordinator {
 
         // Post-migration: the service ends here.
         self.registry.set_phase(id, Phase::PostMigration);
+        journal.enter(state_dir, Phase::PostMigration).await;
         let post_start = Instant::now();
         let warnings = self.remove_source(p, &mut notes).await;
         let post_ms = ms(post_start.elapsed());
@@ -576,11 +594,15 @@ impl Coordinator {
 
     /// Tells the destination to drop everything of this migration.
     async fn abort_destination(&self, p: &Plan) -> Vec<String> {
-        let id = &p.id;
+        self.abort_peer(&p.to, &p.id, &p.peer_name).await
+    }
+
+    /// Tells the destination coordinator at `to` to drop migration `id`; returns what failed.
+    pub(crate) async fn abort_peer(&self, to: &PeerUrl, id: &str, peer_name: &str) -> Vec<String> {
         match self
             .peers
             .post::<_, AbortResponse>(
-                &p.to.join(&format!("/v1/migrations/{id}/abort")),
+                &to.join(&format!("/v1/migrations/{id}/abort")),
                 &serde_json::json!({}),
                 ABORT_TIMEOUT,
             )
@@ -588,8 +610,7 @@ impl Coordinator {
         {
             Ok(r) => {
                 info!(
-                    "migration {id}: destination {} aborted: {}",
-                    p.peer_name,
+                    "migration {id}: destination {peer_name} aborted: {}",
                     r.detail.join("; ")
                 );
                 Vec::new()

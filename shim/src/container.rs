@@ -262,10 +262,12 @@ impl Container {
         };
         incoming.wait().await?;
         let mid = incoming.migration_id.clone();
+        let images = incoming.images()?;
         let (prepared, io) = ProcessIo::prepare(&self.init.io_paths).await?;
         let dir = ums_dir(&self.bundle);
         let res = RestoreJob {
             runc: &self.runc,
+            images: &images,
             dir: &dir,
             service_bundle: &dir.join(SERVICE),
             upperdir: self.upperdir.as_deref(),
@@ -415,15 +417,31 @@ impl Container {
             .map(|i| (i.phase, i.bytes()))
     }
 
-    /// Destination: listen for the images of `migration_id`.
+    /// Destination: listen for the images of `migration_id`, received under `images_dir`
+    /// (empty: the bundle's ums dir).
     pub async fn prepare(
         &mut self,
         migration_id: &str,
         listen: &str,
         token: &str,
         max_bytes: u64,
+        images_dir: &str,
     ) -> Result<std::net::SocketAddr> {
-        let dir = ums_dir(&self.bundle).join(format!("in-{migration_id}"));
+        let base = if images_dir.is_empty() {
+            ums_dir(&self.bundle)
+        } else {
+            let d = PathBuf::from(images_dir);
+            if !d.is_absolute() {
+                return Err(Error::InvalidArgument(format!(
+                    "the image dir {images_dir:?} is not an absolute path"
+                )));
+            }
+            tokio::fs::create_dir_all(&d)
+                .await
+                .map_err(Error::io(format!("create {}", d.display())))?;
+            d
+        };
+        let dir = base.join(format!("in-{migration_id}"));
         let id = self.id.clone();
         let incoming = self
             .incoming
@@ -545,6 +563,16 @@ impl Container {
     pub async fn destroy(&mut self) {
         if let Some(i) = &mut self.incoming {
             i.abort("task deleted");
+            // Images received outside the bundle do not go with it.
+            if let Ok(images) = i.images() {
+                for d in [images.with_extension("staging"), images] {
+                    if let Err(e) = tokio::fs::remove_dir_all(&d).await {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            warn!("remove {}: {e}", d.display());
+                        }
+                    }
+                }
+            }
         }
         self.init.io.close();
         for p in self.execs.values() {

@@ -50,6 +50,8 @@ pub struct Incoming {
     result: watch::Sender<Option<std::result::Result<(), String>>>,
     receiver: Option<JoinHandle<()>>,
     progress: criu_sync::Progress,
+    /// Where the images are received (set by `listen`).
+    images: Option<PathBuf>,
 }
 
 impl Incoming {
@@ -60,7 +62,18 @@ impl Incoming {
             result: watch::channel(None).0,
             receiver: None,
             progress: criu_sync::Progress::new(),
+            images: None,
         }
+    }
+
+    /// The directory the images are received into.
+    pub fn images(&self) -> Result<PathBuf> {
+        self.images.clone().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "migration {} was never prepared (no image dir)",
+                self.migration_id
+            ))
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -134,6 +147,7 @@ impl Incoming {
         let result = self.result.clone();
         let mid = self.migration_id.clone();
         self.phase = "receiving";
+        self.images = Some(dir.clone());
         self.receiver = Some(tokio::spawn(async move {
             let staging = dir.with_extension("staging");
             let res = async {
@@ -361,6 +375,9 @@ async fn run_tar(cmd: Command, what: &str) -> Result<()> {
 /// Restores the service from received images into the (fresh) outer of this task.
 pub struct RestoreJob<'a> {
     pub runc: &'a Runc,
+    /// The received images.
+    pub images: &'a Path,
+    /// The bundle's ums dir (CRIU's work dir goes there).
     pub dir: &'a Path,
     pub service_bundle: &'a Path,
     pub upperdir: Option<&'a Path>,
@@ -369,7 +386,7 @@ pub struct RestoreJob<'a> {
 
 impl RestoreJob<'_> {
     pub async fn run(self, stdio: ChildStdio) -> Result<i32> {
-        let images = self.dir.join(format!("in-{}", self.migration_id));
+        let images = self.images;
         let work = self.dir.join(format!("in-{}.work", self.migration_id));
         tokio::fs::create_dir_all(&work)
             .await
@@ -390,7 +407,7 @@ impl RestoreJob<'_> {
             .restore(
                 SERVICE,
                 self.service_bundle,
-                &images,
+                images,
                 &work,
                 &self.service_bundle.join("pid"),
                 stdio,
@@ -403,7 +420,7 @@ impl RestoreJob<'_> {
             self.migration_id,
             t0.elapsed()
         );
-        let _ = tokio::fs::remove_dir_all(&images).await;
+        let _ = tokio::fs::remove_dir_all(images).await;
         let _ = tokio::fs::remove_dir_all(&work).await;
         Ok(pid)
     }

@@ -92,9 +92,16 @@ impl Migration for MigrationService {
     async fn dump(&self, _ctx: &TtrpcContext, req: DumpRequest) -> ttrpc::Result<DumpResponse> {
         let c = self.inner.container(&req.id)?;
         let job = c.lock().await.begin_dump(&req.migration_id)?;
-        let res = job.run(&req.peer, &req.token).await;
-        c.lock().await.end_dump(&req.migration_id, res.is_ok());
-        let s = res?;
+        // In a task of its own: ttrpc drops a handler whose client went away (a coordinator
+        // killed mid-dump), and the dump must still end and record how (Status tells the
+        // restarted coordinator, whose Abort then resumes the service).
+        let s = tokio::spawn(async move {
+            let res = job.run(&req.peer, &req.token).await;
+            c.lock().await.end_dump(&req.migration_id, res.is_ok());
+            res
+        })
+        .await
+        .map_err(|e| Error::FailedPrecondition(format!("dump task failed: {e}")))??;
         Ok(DumpResponse {
             bytes: s.bytes,
             files: s.files,
@@ -126,7 +133,13 @@ impl Migration for MigrationService {
         let addr = c
             .lock()
             .await
-            .prepare(&req.migration_id, &req.listen, &req.token, req.max_bytes)
+            .prepare(
+                &req.migration_id,
+                &req.listen,
+                &req.token,
+                req.max_bytes,
+                &req.dir,
+            )
             .await?;
         Ok(PrepareResponse {
             address: addr.to_string(),

@@ -94,6 +94,12 @@ impl System {
             .then(|| System::new(name, version, &dir, &url))
     }
 
+    /// Where the destination shims receive images (`--image-dir` of the test bed's
+    /// coordinator).
+    pub fn image_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
@@ -465,21 +471,8 @@ impl Bed {
         self.migrate_with(from, to, reference, &[])
     }
 
-    /// The same with more options (`--to-interface cri`, ...).
-    pub fn migrate_with(
-        &self,
-        from: &System,
-        to: &System,
-        reference: &str,
-        extra: &[&str],
-    ) -> Migration {
-        let mut args = Self::migrate_args(from, to, reference).to_vec();
-        args.extend_from_slice(extra);
-        Migration::of(self.ums(from, &args, Duration::from_secs(300)))
-    }
-
     /// `ums migrate --from <from> --to <to> REFERENCE --json EXTRA...` (e.g. `--approach
-    /// orchestrator`, `--dry-run`), run in `from`'s namespace.
+    /// orchestrator`, `--dry-run`, `--to-interface cri`), run in `from`'s namespace.
     pub fn migrate_with(
         &self,
         from: &System,
@@ -509,6 +502,24 @@ impl Bed {
     /// The cgroup parent of the containers `sys`'s coordinator creates (`/<prefix>-testbed-<name>`).
     pub fn cgroup_parent(&self, sys: &System) -> String {
         format!("/{}-testbed-{}", self.prefix, sys.name)
+    }
+
+    /// `hack/testbed.sh coordinator <sys> start|stop|kill`.
+    pub fn coordinator(&self, sys: &System, action: &str) -> util::Output {
+        self.script(&["coordinator", &sys.name, action], Duration::from_secs(60))
+    }
+
+    /// The pid of `sys`'s coordinator as `hack/testbed.sh` recorded it, if that process runs.
+    pub fn coordinator_pid(&self, sys: &System) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(sys.dir.join("coordinator.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        procfs::cmdline(pid)
+            .iter()
+            .any(|a| a == "coordinator")
+            .then_some(pid)
     }
 
     pub fn coordinator_log(&self, sys: &System) -> PathBuf {
@@ -555,6 +566,14 @@ impl Bed {
             .join(id);
         if bundle.exists() {
             left.push(format!("bundle dir {}", bundle.display()));
+        }
+        // Images of any migration (the tests run one at a time).
+        for e in fs::read_dir(sys.image_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("received images {}", e.path().display()));
         }
         let sock = sys.socket().to_string_lossy().into_owned();
         for p in procfs::pids_with_arg_pair("-id", id) {

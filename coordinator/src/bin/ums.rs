@@ -136,6 +136,10 @@ struct CoordinatorArgs {
     /// systems on one host), so that a container and its migrated copy never share a cgroup.
     #[arg(long, value_name = "PATH", default_value = "")]
     cgroup_parent: String,
+    /// Directory the destination shims receive image streams in (DIR/in-MIGRATION); default:
+    /// the task's bundle under --containerd-state (often a tmpfs).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", env = "UMS_LOG")]
     log_level: LevelFilter,
@@ -315,6 +319,10 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
     cfg.incoming_timeout = Duration::from_secs(a.incoming_timeout);
     cfg.max_stream_bytes = a.max_stream_bytes;
     cfg.cgroup_parent = validate_cgroup_parent(&a.cgroup_parent).context("--cgroup-parent")?;
+    if let Some(d) = a.image_dir.as_ref().filter(|d| !d.is_absolute()) {
+        anyhow::bail!("--image-dir {} must be an absolute path", d.display());
+    }
+    cfg.image_dir = a.image_dir;
     match &a.peer_token_file {
         Some(f) => cfg.peer_token = Some(read_token_file(f).context("--peer-token-file")?),
         None => warn!("no --peer-token-file: peer calls are not authenticated"),
@@ -363,6 +371,10 @@ async fn run_coordinator(a: CoordinatorArgs) -> Result<()> {
         Ok(0) => {}
         Ok(n) => info!("removed {n} destination container(s) left by an earlier run"),
         Err(e) => warn!("could not look for containers left by an earlier run: {e}"),
+    }
+    let n = coordinator.recover().await;
+    if n > 0 {
+        info!("ending {n} migration(s) an earlier run left in flight");
     }
     server::serve(coordinator, listener, server_tls, shutdown_signal())
         .await

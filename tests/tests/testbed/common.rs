@@ -708,16 +708,20 @@ pub fn check_ticks(ticks: &[Tick], what: &str) -> u64 {
 }
 
 /// Bytes in the destination shim's image staging dir(s) of container `id` on `sys` (the stream
-/// while it arrives; the dir is renamed once complete).
+/// while it arrives; the dir is renamed once complete): in its bundle, or in the coordinator's
+/// image dir (any container's: the tests run one at a time).
 pub fn staging_bytes(sys: &System, id: &str) -> u64 {
-    let dir = sys
+    let bundle = sys
         .state()
         .join("io.containerd.runtime.v2.task")
         .join(NS)
         .join(id)
         .join("ums");
     let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    let entries = [bundle, sys.image_dir()]
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
+    for e in entries {
         if e.file_name().to_string_lossy().ends_with(".staging") {
             for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                 total += f.metadata().map(|m| m.len()).unwrap_or(0);

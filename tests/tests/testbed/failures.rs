@@ -354,3 +354,333 @@ pub fn bad_refs(bed: &Bed) {
     assert_nothing_left(bed, b, "tbt-nope", true, "B after the refusals");
     assert_nothing_left(bed, a, "tbt-nope", true, "A after the refusals");
 }
+
+/// Starts `sys`'s coordinator again when dropped (after a test stopped or killed it), whatever
+/// the test's outcome.
+struct CoordinatorBack<'a> {
+    bed: &'a Bed,
+    sys: &'a System,
+}
+
+impl Drop for CoordinatorBack<'_> {
+    fn drop(&mut self) {
+        if self.bed.coordinator_pid(self.sys).is_none() {
+            let out = self.bed.coordinator(self.sys, "start");
+            if !out.success() {
+                say(format!(
+                    "starting the coordinator of {} again failed:\n{out}",
+                    self.sys.name
+                ));
+            }
+        }
+    }
+}
+
+/// SIGKILLs `sys`'s coordinator (a crash) and waits until it is gone; returns its pid.
+#[track_caller]
+fn kill_coordinator(bed: &Bed, sys: &System) -> Option<i32> {
+    let pid = bed.coordinator_pid(sys)?;
+    ums_tests::util::signal(pid, libc::SIGKILL);
+    wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        bed.coordinator_pid(sys).is_none().then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the coordinator of {} (pid {pid}) survived SIGKILL",
+            sys.name
+        )
+    });
+    Some(pid)
+}
+
+/// SIGKILLs `victim`'s coordinator once the migration `mig` of memhog 512 MiB `id` was
+/// announced and B holds `threshold` bytes of its stream; returns the bytes B held and the pid.
+/// None: the stream was over before (no kill, or one that did not land mid-stream).
+fn kill_coordinator_mid_stream(
+    bed: &Bed,
+    victim: &System,
+    mig: &mut ums_tests::util::Spawned,
+    id: &str,
+    threshold: u64,
+) -> Option<(u64, i32)> {
+    let t0 = Instant::now();
+    while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
+        let got = staging_bytes(&bed.b, id);
+        if got >= threshold && mig.stderr_now().contains(" started") {
+            return kill_coordinator(bed, victim)
+                .map(|pid| (got, pid))
+                .filter(|(at, _)| *at < 512 * MIB);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// The migration id `ums migrate` announced on stderr (`ums: migration m-... of ... started`).
+fn announced_id(stderr: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        l.strip_prefix("ums: migration ")
+            .filter(|_| l.ends_with(" started"))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    })
+}
+
+/// memhog on `sys` after a failed migration: running, its memory intact (`sum`), its ticks
+/// without a gap or a repeat and going on.
+#[track_caller]
+fn assert_memhog_survived(svc: &Svc, sys: &System, sum: &str, what: &str) {
+    svc.assert_running(sys, what);
+    let (ok, got) = memhog_verify(svc, sys);
+    assert!(
+        ok == "ok" && got == sum,
+        "{what}: memhog verify {ok} {got}, checksum at start {sum}"
+    );
+    let (ticks, _) = read_ticks(svc, sys);
+    let gap = check_ticks(&ticks, what);
+    let n = ticks.len();
+    wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        (read_ticks(svc, sys).0.len() > n).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what}: memhog on {} does not tick on", sys.name));
+    say(format!(
+        "{what}: memhog verify ok {sum} on {}, {n} ticks without a gap or repeat and going on (largest gap {gap} ms)",
+        sys.name
+    ));
+}
+
+/// B's coordinator is down when the migration is asked for: refused in pre-migration, naming
+/// B's address; nothing was touched.
+pub fn destination_down_at_start(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let svc = Svc::start(
+        bed,
+        a,
+        "ufa-bdown",
+        BUSYBOX_IMAGE,
+        &["/bin/sh", "-c", SH_COUNTER],
+    );
+    let before = svc.wait_u64(a, "/tmp/c", Duration::from_secs(20), |v| v >= 10);
+    let _back = CoordinatorBack { bed, sys: b };
+    bed.coordinator(b, "stop")
+        .expect_ok("hack/testbed.sh coordinator b stop");
+    assert!(
+        bed.coordinator_pid(b).is_none(),
+        "B's coordinator still runs"
+    );
+    let m = bed.migrate(a, b, &svc.reference());
+    assert_refused(
+        bed,
+        &m,
+        &["10.77.0.2:7400", "unreachable", "connection refused"],
+        "B's coordinator down at the start",
+    );
+    assert_survived(
+        bed,
+        &svc,
+        "/tmp/c",
+        before,
+        "B's coordinator down at the start",
+    );
+}
+
+/// B's coordinator is killed (SIGKILL) while memhog 512 MiB streams to B. The stream runs
+/// between the shims and completes, but B cannot be asked to restore: A resumes the service.
+/// B's prepared container stays until its coordinator starts again and removes it. The kill
+/// comes once B holds `threshold` bytes of the stream; an attempt whose stream ended first is
+/// retried with a lower threshold (never passes vacuously).
+pub fn destination_killed_mid_stream(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let mut threshold = 32 * MIB;
+    for attempt in 1..=3 {
+        let (svc, sum) = start_memhog(bed, a, &format!("ufa-bkill{attempt}"), 512);
+        let id = svc.id.clone();
+        let back = CoordinatorBack { bed, sys: b };
+        let mut mig = bed
+            .spawn_migrate(a, b, &svc.reference())
+            .expect("spawn ums migrate");
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, b, &mut mig, &id, threshold) else {
+            let m = bed.finish_migrate(mig);
+            say(format!(
+                "destination killed, attempt {attempt}: the kill did not land mid-stream (stream \
+                 over before B held {} MiB; ums migrate exit {}); retrying with a lower threshold",
+                threshold / MIB,
+                m.out.code
+            ));
+            drop(back);
+            threshold /= 4;
+            continue;
+        };
+        say(format!(
+            "destination killed: B's coordinator (pid {pid}) killed with {:.1} MiB of 512 at B",
+            at as f64 / MIB as f64
+        ));
+        let m = bed.finish_migrate(mig);
+        let err = assert_refused(
+            bed,
+            &m,
+            &[
+                "phase restore",
+                "10.77.0.2:7400",
+                "unreachable",
+                "runs on at the source (resumed)",
+            ],
+            "B's coordinator killed mid-stream",
+        );
+        assert!(!err.contains("may be frozen"), "{err}");
+        assert_memhog_survived(&svc, a, &sum, "memhog on A after B's coordinator died");
+        let left = bed.leftovers(b, NS, &id, false);
+        say(format!(
+            "destination killed: while its coordinator is down, B holds: {}",
+            if left.is_empty() {
+                "nothing".to_string()
+            } else {
+                left.join(", ")
+            }
+        ));
+        drop(back);
+        assert!(
+            bed.coordinator_pid(b).is_some(),
+            "B's coordinator did not start again"
+        );
+        assert_nothing_left(bed, b, &id, false, "B once its coordinator started again");
+        let log = ums_tests::util::read_lossy(&bed.coordinator_log(b));
+        assert!(
+            log.contains(&format!("{id} was prepared by an earlier run")),
+            "B's coordinator did not say it removed {id} at start-up:\n{}",
+            ums_tests::util::tail(&bed.coordinator_log(b), 20)
+        );
+        return;
+    }
+    panic!("could not kill B's coordinator while the stream ran, in 3 attempts");
+}
+
+/// A's coordinator is killed (SIGKILL) while memhog 512 MiB streams to B and started again:
+/// at start-up it finds the migration in its journal, waits for its shim's dump to end,
+/// resumes the service (Abort) and has B abort; the migration is reported failed with that
+/// cause (by `ums migrate`, which outlives the restart, and by `GET /v1/migrations/{id}`).
+pub fn source_restarted(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let mut threshold = 32 * MIB;
+    for attempt in 1..=3 {
+        let (svc, sum) = start_memhog(bed, a, &format!("ufa-arst{attempt}"), 512);
+        let id = svc.id.clone();
+        let back = CoordinatorBack { bed, sys: a };
+        let mut mig = bed
+            .spawn_migrate(a, b, &svc.reference())
+            .expect("spawn ums migrate");
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, a, &mut mig, &id, threshold) else {
+            drop(back);
+            let m = bed.finish_migrate(mig);
+            say(format!(
+                "source restarted, attempt {attempt}: the kill did not land mid-stream (stream \
+                 over before B held {} MiB; ums migrate exit {}); retrying with a lower threshold",
+                threshold / MIB,
+                m.out.code
+            ));
+            threshold /= 4;
+            continue;
+        };
+        say(format!(
+            "source restarted: A's coordinator (pid {pid}) killed with {:.1} MiB of 512 at B",
+            at as f64 / MIB as f64
+        ));
+        bed.coordinator(a, "start")
+            .expect_ok("hack/testbed.sh coordinator a start");
+        let m = bed.finish_migrate(mig);
+        let err = assert_refused(
+            bed,
+            &m,
+            &[
+                "coordinator of system a restarted during phase checkpoint",
+                "runs on at the source (resumed)",
+                "destination was cleaned up",
+            ],
+            "A's coordinator restarted mid-migration",
+        );
+        let mid = announced_id(&err).expect("ums migrate announced the migration id");
+        let list = bed.ums(a, &["list", &a.url], Duration::from_secs(20));
+        let records: serde_json::Value =
+            serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("ums list: {e}\n{list}"));
+        let rec = records
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["migration_id"] == mid.as_str()))
+            .unwrap_or_else(|| panic!("A's coordinator has no record of {mid}:\n{list}"));
+        assert_eq!(rec["state"], "failed", "{rec}");
+        assert!(
+            rec["error"].as_str().unwrap_or("").contains("restarted"),
+            "the record does not name the cause: {rec}"
+        );
+        say(format!("source restarted: GET /v1/migrations/{mid}: {rec}"));
+        let journals = a.dir.join("coordinator/migrations");
+        let left: Vec<_> = std::fs::read_dir(&journals)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "journals left in {}: {left:?}",
+            journals.display()
+        );
+        assert_memhog_survived(&svc, a, &sum, "memhog on A after its coordinator restarted");
+        assert_nothing_left(bed, b, &id, false, "B after A's coordinator restarted");
+        return;
+    }
+    panic!("could not kill A's coordinator while the stream ran, in 3 attempts");
+}
+
+/// A small tmpfs mounted on a dir for one test; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    #[track_caller]
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = ums_tests::util::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "ufa-full"])
+                .arg(dir),
+            None,
+            Duration::from_secs(20),
+        );
+        assert!(out.success(), "mount a tmpfs on {}:\n{out}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let out = ums_tests::util::run(
+            std::process::Command::new("umount").arg(&self.0),
+            None,
+            Duration::from_secs(20),
+        );
+        if !out.success() {
+            say(format!("umount {}: {out}; lazily", self.0.display()));
+            let _ = ums_tests::util::run(
+                std::process::Command::new("umount").arg("-l").arg(&self.0),
+                None,
+                Duration::from_secs(20),
+            );
+        }
+    }
+}
+
+/// B's image dir is a 32 MiB tmpfs and memhog 128 MiB migrates: B runs out of space while
+/// receiving; A resumes the service and B removes everything (the partial images too).
+pub fn disk_full_on_b(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let _tmpfs = Tmpfs::mount(&b.image_dir(), "32m");
+    let (svc, sum) = start_memhog(bed, a, "ufa-full", 128);
+    let m = bed.migrate(a, b, &svc.reference());
+    assert_refused(
+        bed,
+        &m,
+        &["phase checkpoint", "no space left", "runs on at the source"],
+        "disk full on B",
+    );
+    assert_memhog_survived(&svc, a, &sum, "memhog on A after B's disk filled up");
+    assert_nothing_left(bed, b, &svc.id, false, "B after its disk filled up");
+}

@@ -13,11 +13,12 @@
 
 mod approach;
 mod common;
+mod control;
 mod cri;
 mod failures;
-mod outer;
-mod ops;
 mod frontman;
+mod ops;
+mod outer;
 mod scenarios;
 
 use common::with_bed;
@@ -102,6 +103,7 @@ fn outer_image_nested_counter_a_to_b() {
     with_bed(
         "outer_image_nested_counter_a_to_b",
         outer::nested_counter_a_to_b,
+    );
 }
 
 #[test]
@@ -114,6 +116,14 @@ fn approach_both_migrate_the_counter() {
     with_bed(
         "approach_both_migrate_the_counter",
         approach::both_approaches,
+    );
+}
+
+#[test]
+fn fail_destination_down_at_start() {
+    with_bed(
+        "fail_destination_down_at_start",
+        failures::destination_down_at_start,
     );
 }
 
@@ -156,9 +166,40 @@ fn approach_forced_infeasible_refused() {
 }
 
 #[test]
+fn fail_destination_killed_mid_stream() {
+    with_bed(
+        "fail_destination_killed_mid_stream",
+        failures::destination_killed_mid_stream,
+    );
+}
+
+#[test]
 fn approach_orchestrator_rollback() {
     with_bed(
         "approach_orchestrator_rollback",
         approach::orchestrator_rollback,
+    );
+}
+
+#[test]
+fn fail_source_restarted() {
+    with_bed("fail_source_restarted", failures::source_restarted);
+}
+
+#[test]
+fn fail_disk_full_on_b() {
+    with_bed("fail_disk_full_on_b", failures::disk_full_on_b);
+}
+
+#[test]
+fn refuse_bad_api_input() {
+    with_bed("refuse_bad_api_input", control::bad_input);
+}
+
+#[test]
+fn refuse_control_during_migration() {
+    with_bed(
+        "refuse_control_during_migration",
+        control::control_plane_during_migration,
     );
 }
