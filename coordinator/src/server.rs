@@ -619,6 +619,7 @@ mod tests {
                 status: "ok".into(),
                 name: "a".into(),
                 version: "1".into(),
+                capabilities: None,
             })
             .unwrap(),
         );
@@ -645,6 +646,7 @@ mod tests {
                 "get" if path == "/metrics" => Ok(serde_json::Value::Null),
                 "get" => peer.get::<serde_json::Value>(&url, T).await,
                 "post" => peer.post::<_, serde_json::Value>(&url, &"x", T).await,
+                "delete" => peer.delete::<serde_json::Value>(&url, T).await,
                 other => panic!("method {other} not exercised here"),
             };
             if let Err(e) = res {

@@ -127,15 +127,7 @@ impl Coordinator {
             self.name()
         );
         let mut plan = match self
-            .plan(
-                &id,
-                &container,
-                &to,
-                &req.placement,
-                source_url,
-                started,
-                req.approach,
-            )
+            .plan(&id, &container, &to, &req, source_url, started)
             .await
         {
             Ok(p) => p,
@@ -253,12 +245,12 @@ impl Coordinator {
         id: &str,
         container: &ContainerRef,
         to: &PeerUrl,
-        placement: &Placement,
+        req: &MigrateRequest,
         source_url: String,
         started: Instant,
-        forced: Option<Approach>,
     ) -> Result<Plan> {
-        let s = self.survey(container, to, forced).await?;
+        let placement = &req.placement;
+        let s = self.survey(container, to, req.approach).await?;
         let approach = s.survey.chosen()?;
         let c = &s.container;
         let cri_pod = match check_source_container(&s.spec, &c.labels, container)? {

@@ -301,6 +301,7 @@ mod tests {
             status: "ok".into(),
             name: "a".into(),
             version: "0.1.0".into(),
+            capabilities: None,
         };
         let s = summary(
             &at,
