@@ -2,7 +2,7 @@
 # with Docker or buildah. The same contents as outer-image/build.sh makes without either.
 #
 # Build context: this repository, after
-#   cargo build --release -p ums-shim -p ums-coordinator -p criu-sync
+#   cargo build --release -p ums-shim -p ums-coordinator -p criu-sync -p ums-node-installer
 #   buildah bud -t localhost/ums/outer:latest .        # or: docker build -t ... .
 # (.dockerignore sends only the three binaries and outer-image/).
 ARG DEBIAN=debian:bookworm
@@ -40,7 +40,7 @@ RUN apt-get $APT_OPTS update -qq \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/* /var/log/apt/eipp.log.xz \
       /tmp/ums-packages
 COPY --from=criu /var/cache/ums/criu-src/build/criu/criu /usr/local/sbin/criu
-COPY target/release/containerd-shim-ums-v1 target/release/ums target/release/criu-sync /usr/local/bin/
+COPY target/release/containerd-shim-ums-v1 target/release/ums target/release/criu-sync target/release/ums-node-installer /usr/local/bin/
 COPY outer-image/ums-outer /usr/local/bin/ums-outer
 COPY outer-image/containerd-config.toml /etc/containerd/config.toml
 # containerd's root and state, the coordinator's files: mount a volume here.

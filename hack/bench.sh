@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks UMS live migration against plain runc+CRIU baselines on the test bed (issue 4).
 # Usage (root): hack/bench.sh [--sizes 0,64,128,...] [--procs 1,2,4,8] [--reps N]
-#                             [--rate 1gbit|off] [--methods ums,stop-and-copy,page-server]
+#                             [--rate 1gbit|off] [--methods ums,orchestrator,stop-and-copy,page-server]
 #                             [--child-mib M] [--sync-mib 512] [--link-reps 3] [--keep]
 # Installs what it needs (hack/install-deps.sh; rsync and openssh for the stop-and-copy
 # baseline), builds the workspace (release) and the static workloads, brings the test bed up
@@ -9,7 +9,7 @@
 # which first probes the link (raw TCP with tcpblast and the criu-sync binary streaming
 # --sync-mib MiB, alternated --link-reps times), writes bench/results/<time>-<rate>.json,
 # bench/results/latest.md and the PNG plots, and tears the test bed down unless --keep.
-# Defaults: --sizes 0,128 --procs 1 --reps 3, all three methods, the link left unshaped.
+# Defaults: --sizes 0,128 --procs 1 --reps 3, all four methods (orchestrator: UMS orchestrator-level), the link left unshaped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

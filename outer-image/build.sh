@@ -13,7 +13,7 @@
 #   2. packages (cached, keyed by outer-image/packages): the base + `apt-get install
 #      --no-install-recommends` of outer-image/packages in a chroot (containerd 1.6, runc,
 #      iptables, iproute2, CRIU's libraries), apt lists and archives removed afterwards.
-#   3. image: the packages stage + the UMS binaries (containerd-shim-ums-v1, ums, criu-sync in
+#   3. image: the packages stage + the UMS binaries (containerd-shim-ums-v1, ums, criu-sync, ums-node-installer in
 #      /usr/local/bin), CRIU (/usr/local/sbin/criu, as hack/install-deps.sh builds it), the
 #      entrypoint /usr/local/bin/ums-outer and /etc/containerd/config.toml, written with
 #      ums-mkimage (tests crate) as an OCI image tarball.
@@ -21,8 +21,8 @@
 # Options:
 #   --out FILE      the image tarball (default target/outer-image.tar)
 #   --name REF      the image reference (default localhost/ums/outer:latest)
-#   --bin-dir DIR   where containerd-shim-ums-v1, ums and criu-sync are (default target/release;
-#                   build them with `cargo build --release -p ums-shim -p ums-coordinator -p criu-sync`)
+#   --bin-dir DIR   where containerd-shim-ums-v1, ums, criu-sync and ums-node-installer are (default target/release;
+#                   build them with `cargo build --release -p ums-shim -p ums-coordinator -p criu-sync -p ums-node-installer`)
 #   --strip         strip debug info from the UMS binaries (for debug builds: 400 MB less)
 #   --rebuild-base  make steps 1 and 2 again (e.g. to pick up Debian security updates)
 #   --base-only     only step 1 (the debian:bookworm stand-in)
@@ -210,14 +210,14 @@ criu_bin() {
 make_image() {
   local r=$WORK/rootfs b criu
   criu=$(criu_bin)
-  for b in containerd-shim-ums-v1 ums criu-sync; do
-    [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b missing: cargo build --release -p ums-shim -p ums-coordinator -p criu-sync (or --bin-dir)"
+  for b in containerd-shim-ums-v1 ums criu-sync ums-node-installer; do
+    [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b missing: cargo build --release -p ums-shim -p ums-coordinator -p criu-sync -p ums-node-installer (or --bin-dir)"
   done
   rm -rf "$r"
   cp -a "$PKGS" "$r"
   rm -f "$r/.ums-complete"
   clean_rootfs "$r"
-  for b in containerd-shim-ums-v1 ums criu-sync; do
+  for b in containerd-shim-ums-v1 ums criu-sync ums-node-installer; do
     install -m 0755 "$BIN_DIR/$b" "$r/usr/local/bin/$b"
     [ "$STRIP" = 1 ] && strip --strip-debug "$r/usr/local/bin/$b"
   done

@@ -42,7 +42,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ums,stop-and-copy,page-server"
+        default_value = "ums,orchestrator,stop-and-copy,page-server"
     )]
     methods: Vec<String>,
     /// MiB held by each of the K-1 children (memhog --child-mib).

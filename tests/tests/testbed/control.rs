@@ -20,6 +20,9 @@ fn call(bed: &Bed, sys: &System, path: &str, body: &[u8], token: Option<&str>) -
     if let Some(t) = token {
         c.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
+    if sys.url.starts_with("https://") {
+        c.arg("--cacert").arg(bed.tls_ca());
+    }
     c.arg(format!("{}{path}", sys.url));
     let out = ums_tests::util::run(&mut c, Some(body), Duration::from_secs(30));
     assert!(out.success(), "curl {path}:\n{out}");
@@ -49,7 +52,11 @@ fn assert_json_error(got: (u16, Value), status: u16, kind: &str, needles: &[&str
 
 /// How many migrations `sys`'s coordinator knows, and how many of them are running.
 fn records(bed: &Bed, sys: &System) -> (usize, usize) {
-    let out = bed.ums(sys, &["list", &sys.url], Duration::from_secs(20));
+    let out = bed.ums(
+        sys,
+        &["ls", "--json", "--at", &sys.url],
+        Duration::from_secs(20),
+    );
     let v: Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("ums list: {e}\n{out}"));
     let all = v.as_array().cloned().unwrap_or_default();
@@ -81,7 +88,7 @@ pub fn bad_input(bed: &Bed) {
             a,
             "/v1/migrate",
             br#"{"ref": "default/ufa-api", "to": "#,
-            None,
+            Some(token),
         ),
         400,
         "bad_request",
@@ -90,7 +97,7 @@ pub fn bad_input(bed: &Bed) {
     );
     let req = format!(r#"{{"ref": "default/ufa-nope", "to": "{to}"}}"#);
     assert_json_error(
-        call(bed, a, "/v1/migrate", req.as_bytes(), None),
+        call(bed, a, "/v1/migrate", req.as_bytes(), Some(token)),
         404,
         "not_found",
         &["container default/ufa-nope not found on system a"],
@@ -98,7 +105,7 @@ pub fn bad_input(bed: &Bed) {
     );
     let req = format!(r#"{{"ref": "ufanons/ufa-api", "to": "{to}"}}"#);
     assert_json_error(
-        call(bed, a, "/v1/migrate", req.as_bytes(), None),
+        call(bed, a, "/v1/migrate", req.as_bytes(), Some(token)),
         404,
         "not_found",
         &["namespace ufanons not found on system a"],
@@ -111,16 +118,16 @@ pub fn bad_input(bed: &Bed) {
     ] {
         assert_json_error(
             call(bed, b, path, body, Some("ufa-wrong-token")),
-            401,
-            "unauthorized",
-            &["wrong peer token"],
+            403,
+            "forbidden",
+            &["wrong token"],
             &format!("wrong token on {path}"),
         );
         assert_json_error(
             call(bed, b, path, body, None),
             401,
             "unauthorized",
-            &["needs the peer token"],
+            &["needs the coordinators' token"],
             &format!("no token on {path}"),
         );
     }
@@ -143,7 +150,7 @@ pub fn bad_input(bed: &Bed) {
         "x".repeat(9 << 20)
     );
     assert_json_error(
-        call(bed, a, "/v1/migrate", big.as_bytes(), None),
+        call(bed, a, "/v1/migrate", big.as_bytes(), Some(token)),
         413,
         "payload_too_large",
         &["larger than"],

@@ -599,7 +599,11 @@ pub fn source_restarted(bed: &Bed) {
             "A's coordinator restarted mid-migration",
         );
         let mid = announced_id(&err).expect("ums migrate announced the migration id");
-        let list = bed.ums(a, &["list", &a.url], Duration::from_secs(20));
+        let list = bed.ums(
+            a,
+            &["ls", "--json", "--at", &a.url],
+            Duration::from_secs(20),
+        );
         let records: serde_json::Value =
             serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("ums list: {e}\n{list}"));
         let rec = records

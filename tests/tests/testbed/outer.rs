@@ -45,9 +45,16 @@ fn outer_image(bed: &Bed) -> PathBuf {
     out
 }
 
-/// The address of the coordinator inside the outer container on `sys`.
+/// The IP of system `sys` (its test-bed coordinator's, whatever its scheme).
+fn system_ip(sys: &System) -> String {
+    let host = sys.url.split("://").last().unwrap_or(&sys.url);
+    host.split(':').next().unwrap_or(host).to_string()
+}
+
+/// The address of the coordinator inside the outer container on `sys` (plain HTTP: the outer
+/// image's coordinator runs without TLS options).
 fn inner_url(sys: &System) -> String {
-    sys.url.replace(":7400", &format!(":{INNER_PORT}"))
+    format!("http://{}:{INNER_PORT}", system_ip(sys))
 }
 
 /// `sys` as its inner coordinator names itself and is reached (for the report's checks).
@@ -82,7 +89,7 @@ impl<'a> Outer<'a> {
         std::fs::create_dir_all(&volume).expect("creating the outer's volume");
         let log = bed.dir.join("outer").join(format!("{}.log", sys.name));
         let _ = std::fs::remove_file(&log);
-        let ip = sys.url.trim_start_matches("http://").replace(":7400", "");
+        let ip = system_ip(sys);
         let mount = |src: &Path, dst: &str, mode: &str| {
             format!(
                 "type=bind,src={},dst={dst},options=rbind:{mode}",
