@@ -399,30 +399,29 @@ impl Collector {
         result
     }
 
-    /// Sends the next chunk (at most `budget` bytes) of what the file holds beyond the offset.
-    /// `false` at EOF (for now: a tailed file may grow again).
+    /// Reads one chunk (at most `budget` bytes) at the file's offset and sends it. `false` at EOF.
     fn read_some(&mut self, open: &mut OpenFile, budget: u64) -> Result<bool, SendError> {
-        let size = open
-            .file
-            .metadata()
-            .map_err(|e| SendError::io("stat image file".to_owned(), e))?
-            .len();
-        let want = (self.chunk as u64)
-            .min(budget)
-            .min(size.saturating_sub(open.offset));
-        if want == 0 {
+        let want = (self.chunk as u64).min(budget) as usize;
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let n = read_into_spare(&open.file, &mut buf)
+                .map_err(|e| SendError::io("read image file".to_owned(), e))?;
+            if n == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
             return Ok(false);
         }
-        let chunk = MappedChunk::new(&open.file, open.offset, want as usize)
-            .map_err(|e| SendError::io("map image file".to_owned(), e))?;
-        open.hasher.update(chunk.as_ref());
+        open.hasher.update(&buf);
+        let len = buf.len() as u64;
         self.send(Frame::Data {
             id: open.id,
             offset: open.offset,
-            bytes: Bytes::from_owner(chunk),
+            bytes: Bytes::from(buf),
         })?;
-        open.offset += want;
-        self.bytes += want;
+        open.offset += len;
+        self.bytes += len;
         Ok(true)
     }
 
@@ -516,67 +515,33 @@ fn os_name(n: &OsStr) -> Result<String, String> {
         .ok_or_else(|| n.to_string_lossy().into_owned())
 }
 
-/// A read-only mapping of one range of an image file: the bytes of a `Data` frame straight from
-/// the page cache, hashed there and copied once, into the socket (no read into a buffer, no
-/// buffer to allocate and fault in per chunk).
-struct MappedChunk {
-    base: *mut libc::c_void,
-    map_len: usize,
-    skip: usize,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned by this value alone; it is only read through
-// `as_ref` and unmapped once, in `drop`.
-unsafe impl Send for MappedChunk {}
-unsafe impl Sync for MappedChunk {}
-
-impl MappedChunk {
-    /// Maps `len` (> 0) bytes at `offset`, which must lie within the file's current size.
-    fn new(file: &File, offset: u64, len: usize) -> io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        let aligned = offset / page * page;
-        let skip = (offset - aligned) as usize;
-        let map_len = skip + len;
-        let file_off = libc::off_t::try_from(aligned)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a fresh private read-only mapping of a file we hold open; MAP_POPULATE reads
-        // it in with one call. Only bytes below the file's size are ever read: CRIU only
-        // appends to image files, and the directory is private to the dump (a file cut
-        // shorter under the mapping would be a SIGBUS, as for any mmap reader).
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+/// One read(2) into the vector's unused capacity: no zeroing of multi-MiB buffers and no
+/// growth (std's read_to_end would probe in small steps).
+fn read_into_spare(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    if spare == 0 {
+        return Ok(0);
+    }
+    loop {
+        // SAFETY: the kernel writes at most `spare` bytes into the allocated, unused tail of
+        // the vector; the length then grows by exactly the number of bytes written.
+        let n = unsafe {
+            libc::read(
                 file.as_raw_fd(),
-                file_off,
+                buf.as_mut_ptr().add(buf.len()).cast(),
+                spare,
             )
         };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
-        Ok(MappedChunk {
-            base,
-            map_len,
-            skip,
-            len,
-        })
-    }
-}
-
-impl AsRef<[u8]> for MappedChunk {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: [skip, skip + len) lies inside the live mapping of map_len bytes.
-        unsafe { std::slice::from_raw_parts(self.base.cast::<u8>().add(self.skip), self.len) }
-    }
-}
-
-impl Drop for MappedChunk {
-    fn drop(&mut self) {
-        // SAFETY: base/map_len are exactly what mmap returned; nothing borrows it any more.
-        unsafe { libc::munmap(self.base, self.map_len) };
+        let n = n as usize;
+        // SAFETY: see above, n <= spare bytes were initialised by read(2).
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
     }
 }
