@@ -189,7 +189,7 @@ async fn post_migrate<R: serde::de::DeserializeOwned>(
             Duration::from_secs(60),
         )
         .await
-        .map_err(|e| client_error(e, &from))?;
+        .map_err(|e| refusal(e, &from, "the migration", "source coordinator"))?;
     Ok((http, from, answer))
 }
 
@@ -203,19 +203,20 @@ fn failure(rec: &Record) -> Error {
     ))
 }
 
-/// The source coordinator's refusal, phrased for the user.
-fn client_error(e: Error, from: &PeerUrl) -> Error {
+/// A coordinator's refusal of `what` (an action phrase, e.g. "the migration"), phrased for the
+/// user; `role` names the coordinator when it could not be reached at all.
+pub(crate) fn refusal(e: Error, at: &PeerUrl, what: &str, role: &str) -> Error {
     match e {
         Error::Peer {
             status: Some(s),
             message,
             ..
-        } => Error::Failed(format!("{from} refused the migration ({s}): {message}")),
+        } => Error::Failed(format!("{at} refused {what} ({s}): {message}")),
         Error::Peer {
             status: None,
             message,
             ..
-        } => Error::Failed(format!("source coordinator {from}: {message}")),
+        } => Error::Failed(format!("{role} {at}: {message}")),
         other => other,
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::refusal;
 use crate::error::{Error, Result};
 pub use crate::frontman::{Mode, Stats};
 use crate::http::HttpClient;
@@ -208,7 +209,7 @@ pub async fn expose(
     let at = PeerUrl::parse(coordinator)?;
     http.post(&at.join("/v1/expose"), req, CALL_TIMEOUT)
         .await
-        .map_err(|e| refused(e, &at, "expose"))
+        .map_err(|e| refusal(e, &at, "to expose", "coordinator"))
 }
 
 /// `GET /v1/expose` at `coordinator`.
@@ -216,7 +217,7 @@ pub async fn list(http: &HttpClient, coordinator: &str) -> Result<Vec<ExposureIn
     let at = PeerUrl::parse(coordinator)?;
     http.get(&at.join("/v1/expose"), CALL_TIMEOUT)
         .await
-        .map_err(|e| refused(e, &at, "list the endpoints"))
+        .map_err(|e| refusal(e, &at, "to list the endpoints", "coordinator"))
 }
 
 /// `DELETE /v1/expose/{id}` at `coordinator`; `which` is an exposure id or the container's
@@ -235,23 +236,7 @@ pub async fn unexpose(http: &HttpClient, coordinator: &str, which: &str) -> Resu
     };
     http.delete(&at.join(&format!("/v1/expose/{id}")), CALL_TIMEOUT)
         .await
-        .map_err(|e| refused(e, &at, "unexpose"))
-}
-
-fn refused(e: Error, at: &PeerUrl, what: &str) -> Error {
-    match e {
-        Error::Peer {
-            status: Some(s),
-            message,
-            ..
-        } => Error::Failed(format!("{at} refused to {what} ({s}): {message}")),
-        Error::Peer {
-            status: None,
-            message,
-            ..
-        } => Error::Failed(format!("coordinator {at}: {message}")),
-        other => other,
-    }
+        .map_err(|e| refusal(e, &at, "to unexpose", "coordinator"))
 }
 
 #[cfg(test)]
