@@ -41,6 +41,11 @@ pub struct MigrateRequest {
     /// [`crate::approach::Survey`]); nothing is touched.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Post-copy (CRIU lazy pages; container-level only): the service restarts at the
+    /// destination before its memory arrives, which it then fetches from the frozen source.
+    /// The source stays frozen until every page is in and resumes if the transfer fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
 }
 
 /// The interface through which the destination creates the container (see
@@ -246,6 +251,9 @@ pub struct IncomingRequest {
     /// How the destination recreates and restores the container.
     #[serde(default)]
     pub approach: Approach,
+    /// Post-copy: the restore is confirmed once the restored service has every page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
 }
 
 /// A bind mount of the source container whose source the destination recreates (see
@@ -321,6 +329,9 @@ pub struct RestoreResponse {
     pub pid: u32,
     /// containerd Start (restore) until the task is RUNNING, as measured by the destination.
     pub restore_ms: u64,
+    /// Post-copy: from RUNNING until the restored service had every page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_copy_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -350,13 +361,15 @@ pub enum State {
 }
 
 /// The phases of a migration, in order. Source: pre_migration, checkpoint (freeze, dump and
-/// stream), restore, post_migration. Destination: preparing, prepared, restoring, restored.
+/// stream), restore, post_copy (with --post-copy only), post_migration. Destination: preparing, prepared, restoring, restored.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     PreMigration,
     Checkpoint,
     Restore,
+    /// Post-copy: the destination runs the service and fetches its pages.
+    PostCopy,
     PostMigration,
     Preparing,
     Prepared,
@@ -372,6 +385,7 @@ impl Phase {
             Phase::PreMigration => "pre_migration",
             Phase::Checkpoint => "checkpoint",
             Phase::Restore => "restore",
+            Phase::PostCopy => "post_copy",
             Phase::PostMigration => "post_migration",
             Phase::Preparing => "preparing",
             Phase::Prepared => "prepared",
@@ -392,6 +406,9 @@ pub struct PhasesMs {
     pub checkpoint: u64,
     pub transfer: u64,
     pub restore: u64,
+    /// Post-copy: from the restore's end until the destination had every page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_copy: Option<u64>,
     pub post_migration: u64,
 }
 
@@ -406,6 +423,8 @@ pub struct PartialPhasesMs {
     pub transfer: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_copy: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_migration: Option<u64>,
 }
@@ -418,6 +437,7 @@ impl PartialPhasesMs {
             ("checkpoint", self.checkpoint),
             ("transfer", self.transfer),
             ("restore", self.restore),
+            ("post_copy", self.post_copy),
             ("post_migration", self.post_migration),
         ]
         .into_iter()
@@ -480,8 +500,11 @@ pub struct Report {
     /// Upper bound of the service's unavailability: the Dump call (freeze to verified receipt)
     /// plus the restore until RUNNING at the destination.
     pub downtime_ms: u64,
-    /// Bytes streamed (images + rootfs changes).
+    /// Bytes streamed (images + rootfs changes; post-copy: without the memory pages).
     pub bytes: u64,
+    /// Post-copy was asked for (`phases_ms.post_copy` says how long the pages took).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
     pub dump: DumpFigures,
     pub location: Location,
     /// Post-migration steps that did not go cleanly (the service runs at the destination).
@@ -570,7 +593,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "migrated {} from {} to {} in {} ms (frozen {} ms, downtime {} ms, {}; pre {} / \
-             checkpoint {} / transfer {} / restore {} / post {} ms); migration {}{}{}",
+             checkpoint {} / transfer {} / restore {}{} / post {} ms); migration {}{}{}",
             self.container,
             self.source_system,
             self.destination_system,
@@ -582,6 +605,10 @@ impl Report {
             self.phases_ms.checkpoint,
             self.phases_ms.transfer,
             self.phases_ms.restore,
+            match self.phases_ms.post_copy {
+                Some(ms) => format!(" / pages (post-copy) {ms}"),
+                None => String::new(),
+            },
             self.phases_ms.post_migration,
             self.migration_id,
             if self.warnings.is_empty() {
@@ -617,12 +644,14 @@ pub(crate) mod tests {
                 checkpoint: 300,
                 transfer: 50,
                 restore: 200,
+                post_copy: None,
                 post_migration: 40,
             },
             total_ms: 700,
             frozen_ms: 280,
             downtime_ms: 560,
             bytes: 134217728,
+            post_copy: false,
             dump: DumpFigures {
                 checkpoint_ms: 300,
                 transfer_ms: 340,

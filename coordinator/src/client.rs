@@ -32,6 +32,8 @@ pub struct MigrateOptions {
     pub endpoint: Option<crate::expose::EndpointOptions>,
     /// Force this approach (refused before anything is touched if it is not feasible).
     pub approach: Option<Approach>,
+    /// Post-copy (CRIU lazy pages; container-level only).
+    pub post_copy: bool,
 }
 
 impl MigrateOptions {
@@ -47,6 +49,7 @@ impl MigrateOptions {
             placement: Placement::default(),
             endpoint: None,
             approach: None,
+            post_copy: false,
         }
     }
 }
@@ -185,6 +188,7 @@ async fn post_migrate<R: serde::de::DeserializeOwned>(
                 endpoint: opts.endpoint.clone(),
                 approach: opts.approach,
                 dry_run,
+                post_copy: opts.post_copy,
             },
             Duration::from_secs(60),
         )

@@ -48,6 +48,9 @@ use crate::spec::{
 
 pub(crate) const SHIM_ADDRESS_WAIT: Duration = Duration::from_secs(10);
 const RUNNING_WAIT: Duration = Duration::from_secs(10);
+/// Post-copy: how long the restored service may take to fetch every page (within the
+/// source's wait for the restore).
+const PAGES_TIMEOUT: Duration = Duration::from_secs(240);
 const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,8 @@ pub(crate) struct DestEntry {
     pub(crate) adapter: Adapter,
     pub(crate) receiver: DestReceiver,
     pub(crate) state: tokio::sync::Mutex<DestPhase>,
+    /// Post-copy: the restore is confirmed once the service has every page.
+    pub(crate) post_copy: bool,
 }
 
 impl Coordinator {
@@ -304,6 +309,7 @@ impl Coordinator {
                     },
                     receiver,
                     state: tokio::sync::Mutex::new(DestPhase::Prepared),
+                    post_copy: req.post_copy,
                 }),
                 IncomingResponse {
                     migration_id: id.clone(),
@@ -352,6 +358,7 @@ impl Coordinator {
                     migration_id: id.to_string(),
                     pid,
                     restore_ms: 0,
+                    post_copy_ms: None,
                 })
             }
             DestPhase::Aborted => {
@@ -380,19 +387,34 @@ impl Coordinator {
                 }
                 Adapter::Cri(p) => self.start_cri(&cd, r, p).await?,
             };
+            let restore_ms = t.elapsed().as_millis() as u64;
+            // Post-copy: it runs, and is restored once its pages are all in.
+            let post_copy_ms = if entry.post_copy {
+                self.registry
+                    .update_phases(id, |p| p.restore = Some(restore_ms));
+                info!(
+                    "migration {id}: {r} RUNNING as pid {pid} in {restore_ms} ms; its pages follow"
+                );
+                let t = Instant::now();
+                entry.receiver.wait_pages(id, PAGES_TIMEOUT).await?;
+                Some(t.elapsed().as_millis() as u64)
+            } else {
+                None
+            };
             // Restored: from now on the container is like any other of this system.
             if let Err(e) = self.drop_restore_marker(&cd, r).await {
                 warn!("migration {id}: removing the restore marker from {r}'s spec: {e}");
             }
-            Ok::<_, Error>(pid)
+            Ok::<_, Error>((pid, restore_ms, post_copy_ms))
         }
         .await;
-        let restore_ms = t.elapsed().as_millis() as u64;
         match res {
-            Ok(pid) => {
+            Ok((pid, restore_ms, post_copy_ms)) => {
                 *st = DestPhase::Restored { pid };
-                self.registry
-                    .update_phases(id, |p| p.restore = Some(restore_ms));
+                self.registry.update_phases(id, |p| {
+                    p.restore = Some(restore_ms);
+                    p.post_copy = post_copy_ms;
+                });
                 self.registry.set_phase(id, Phase::Restored);
                 self.registry.finish(id, State::Completed, None, None);
                 info!("migration {id}: {r} restored and RUNNING as pid {pid} in {restore_ms} ms");
@@ -400,11 +422,15 @@ impl Coordinator {
                     migration_id: id.to_string(),
                     pid,
                     restore_ms,
+                    post_copy_ms,
                 })
             }
             Err(e) => {
                 *st = DestPhase::Failed;
-                error!("migration {id}: restoring {r} failed after {restore_ms} ms: {e}");
+                error!(
+                    "migration {id}: restoring {r} failed after {} ms: {e}",
+                    t.elapsed().as_millis()
+                );
                 self.registry.note_error(id, &e);
                 Err(e)
             }

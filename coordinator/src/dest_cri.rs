@@ -215,6 +215,7 @@ impl Coordinator {
                         adapter: Adapter::Cri(placement),
                         receiver: crate::engine::DestReceiver::Shim(shim),
                         state: tokio::sync::Mutex::new(DestPhase::Prepared),
+                        post_copy: req.post_copy,
                     }),
                     resp,
                 ))

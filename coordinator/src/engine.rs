@@ -8,7 +8,7 @@ use std::time::Duration;
 use ums_shim::api::migration::{DumpResponse, StatusResponse};
 
 use crate::containerd::Containerd;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::orchestrator::{NativeIncoming, NativeSource};
 use crate::refs::ContainerRef;
 use crate::shim::Shim;
@@ -22,16 +22,29 @@ pub enum SourceEngine {
 
 impl SourceEngine {
     /// Freeze, checkpoint and stream to `peer`; on success the service stays frozen here.
+    /// Post-copy (the shim only; the plan refuses it otherwise): all but the memory pages.
     pub async fn dump(
         &self,
         migration_id: &str,
         peer: &str,
         token: &str,
+        post_copy: bool,
         timeout: Duration,
     ) -> Result<DumpResponse> {
         match self {
-            SourceEngine::Shim(s) => s.dump(migration_id, peer, token, timeout).await,
+            SourceEngine::Shim(s) => s.dump(migration_id, peer, token, post_copy, timeout).await,
             SourceEngine::Native(n) => n.dump(migration_id, peer, token, timeout).await,
+        }
+    }
+
+    /// Post-copy: waits until the destination has every page; on error the service was
+    /// resumed here.
+    pub async fn wait_pages(&self, migration_id: &str, timeout: Duration) -> Result<DumpResponse> {
+        match self {
+            SourceEngine::Shim(s) => s.wait_pages(migration_id, timeout).await,
+            SourceEngine::Native(_) => Err(Error::Unsupported(
+                "post-copy needs the container-level approach".into(),
+            )),
         }
     }
 
@@ -81,6 +94,16 @@ impl DestReceiver {
             // The shim restores from the images it received when containerd starts the task.
             DestReceiver::Shim(_) => cd.start_task(&r.namespace, &r.id).await,
             DestReceiver::Native(n) => n.restore(cd, r).await,
+        }
+    }
+
+    /// Post-copy: waits until the restored service has every page (Err: it was killed).
+    pub async fn wait_pages(&self, migration_id: &str, timeout: Duration) -> Result<()> {
+        match self {
+            DestReceiver::Shim(s) => s.wait_pages(migration_id, timeout).await.map(drop),
+            DestReceiver::Native(_) => Err(Error::Unsupported(
+                "post-copy needs the container-level approach".into(),
+            )),
         }
     }
 

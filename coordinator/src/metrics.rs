@@ -228,6 +228,7 @@ mod tests {
             checkpoint: Some(300),
             transfer: Some(40),
             restore: Some(200),
+            post_copy: None,
             post_migration: Some(60),
         };
         m.migration_ended(&record(Role::Source, State::Completed, 1000, phases));

@@ -253,8 +253,9 @@ impl Coordinator {
             "migration {id}: the source shim's migration is {}",
             shim_phase.as_deref().unwrap_or("unknown (no shim)")
         );
+        // Post-copy: the destination answered the restore once every page was in.
         let restored = match j.phase {
-            Phase::PostMigration => true,
+            Phase::PostMigration | Phase::PostCopy => true,
             Phase::Restore => match self.peer_outcome(j).await {
                 Ok(Some(restored)) => restored,
                 Ok(None) => {
@@ -300,12 +301,13 @@ impl Coordinator {
         Ok(Settled::Aborted { resumed, notes })
     }
 
-    /// The shim's phase of migration `id` once it is no longer dumping.
+    /// The shim's phase of migration `id` once it is no longer dumping (nor serving pages,
+    /// post-copy).
     async fn dump_end(&self, shim: &Shim, id: &str) -> Result<String> {
         let deadline = Instant::now() + self.cfg.dump_timeout;
         loop {
             let st = shim.status(id).await?;
-            if st.phase != "dumping" {
+            if st.phase != "dumping" && st.phase != "serving" {
                 return Ok(st.phase);
             }
             if Instant::now() >= deadline {

@@ -135,6 +135,7 @@ impl Shim {
         migration_id: &str,
         peer: &str,
         token: &str,
+        post_copy: bool,
         timeout: Duration,
     ) -> Result<DumpResponse> {
         let req = DumpRequest {
@@ -142,6 +143,7 @@ impl Shim {
             migration_id: migration_id.into(),
             peer: peer.into(),
             token: token.into(),
+            post_copy,
             ..Default::default()
         };
         // The ttrpc deadline plus a local one: a shim that vanishes must not hang us.
@@ -156,6 +158,23 @@ impl Shim {
                 timeout.as_secs()
             ))),
             Ok(r) => r.map_err(|e| Error::shim("Dump", e)),
+        }
+    }
+
+    /// Post-copy: waits until the destination has fetched every page.
+    pub async fn wait_pages(&self, migration_id: &str, timeout: Duration) -> Result<DumpResponse> {
+        match tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            self.client
+                .wait_pages(context::with_duration(timeout), &self.mref(migration_id)),
+        )
+        .await
+        {
+            Err(_) => Err(Error::Timeout(format!(
+                "shim WaitPages did not return within {}s",
+                timeout.as_secs()
+            ))),
+            Ok(r) => r.map_err(|e| Error::shim("WaitPages", e)),
         }
     }
 

@@ -78,6 +78,8 @@ struct Plan {
     started: Instant,
     /// `ums migrate`'s choice of the destination's endpoint (the Frontman).
     endpoint: Option<crate::expose::EndpointOptions>,
+    /// Post-copy (CRIU lazy pages), container-level only.
+    post_copy: bool,
 }
 
 /// What the source found out before choosing an approach (a migration's and a dry run's).
@@ -252,6 +254,12 @@ impl Coordinator {
         let placement = &req.placement;
         let s = self.survey(container, to, req.approach).await?;
         let approach = s.survey.chosen()?;
+        if req.post_copy && approach != Approach::Container {
+            return Err(Error::Unsupported(format!(
+                "post-copy needs the container-level approach (the ums shim serves the pages); \
+                 {container} would move {approach}"
+            )));
+        }
         let c = &s.container;
         let cri_pod = match check_source_container(&s.spec, &c.labels, container)? {
             Some(CriKind::Container) => Some(CriPod::of(&s.spec).unwrap_or_default()),
@@ -313,6 +321,7 @@ impl Coordinator {
             containerd: s.containerd.clone(),
             started,
             endpoint: None,
+            post_copy: req.post_copy,
         })
     }
 
@@ -365,6 +374,7 @@ impl Coordinator {
             interface: p.interface,
             cri: p.cri_source.clone(),
             approach: p.approach,
+            post_copy: p.post_copy,
         };
         info!(
             "migration {id}: pre_migration: asking {} to create {}",
@@ -426,7 +436,7 @@ impl Coordinator {
         let dump_start = Instant::now();
         let dump = p
             .engine
-            .dump(id, &peer_addr, &token, self.cfg.dump_timeout)
+            .dump(id, &peer_addr, &token, p.post_copy, self.cfg.dump_timeout)
             .await;
         progress.abort();
         let dump_wall = ms(dump_start.elapsed());
@@ -466,13 +476,41 @@ impl Coordinator {
             Ok(r) => r,
             Err(e) => return Err(self.abort_both(p, e).await),
         };
-        let restore_ms = ms(restore_start.elapsed());
+        // Post-copy: the destination's answer waited for the pages too.
+        let restore_ms =
+            ms(restore_start.elapsed()).saturating_sub(restored.post_copy_ms.unwrap_or(0));
         self.registry
             .update_phases(id, |ph| ph.restore = Some(restore_ms));
         info!(
             "migration {id}: restore done in {restore_ms} ms ({} ms on {}): {} runs there as pid {}",
             restored.restore_ms, p.peer_name, p.container, restored.pid
         );
+
+        // Post-copy: the destination answered once the restored service had every page; end
+        // the page server here (it ends by itself once the destination is done with it).
+        let (post_copy_ms, frozen_ms) = if p.post_copy {
+            self.registry.set_phase(id, Phase::PostCopy);
+            journal.enter(state_dir, Phase::PostCopy).await;
+            let t = Instant::now();
+            let frozen_ms = match p.engine.wait_pages(id, self.cfg.dump_timeout).await {
+                Ok(d) => d.frozen_ms,
+                // The destination has every page: a page server that ended badly changes
+                // nothing (the service here is frozen until the Commit).
+                Err(e) => {
+                    warn!("migration {id}: post_copy: the source's page server: {e}");
+                    dump.frozen_ms
+                }
+            };
+            let pages_ms = restored.post_copy_ms.unwrap_or(0) + ms(t.elapsed());
+            self.registry
+                .update_phases(id, |ph| ph.post_copy = Some(pages_ms));
+            info!(
+                "migration {id}: post_copy: every page in {pages_ms} ms after the restore (source frozen {frozen_ms} ms)"
+            );
+            (Some(pages_ms), frozen_ms)
+        } else {
+            (None, dump.frozen_ms)
+        };
 
         let endpoint = self.endpoint_commit(id).await;
 
@@ -502,16 +540,18 @@ impl Coordinator {
                 checkpoint: checkpoint_ms,
                 transfer: transfer_ms,
                 restore: restore_ms,
+                post_copy: post_copy_ms,
                 post_migration: post_ms,
             },
             total_ms: ms(p.started.elapsed()),
-            frozen_ms: dump.frozen_ms,
+            frozen_ms,
             downtime_ms: dump_wall + restore_ms,
             bytes: dump.bytes,
+            post_copy: p.post_copy,
             dump: DumpFigures {
                 checkpoint_ms: dump.checkpoint_ms,
                 transfer_ms: dump.transfer_ms,
-                frozen_ms: dump.frozen_ms,
+                frozen_ms,
                 wall_ms: dump_wall,
                 files: dump.files,
             },

@@ -60,6 +60,28 @@ pub async fn status(mut cmd: Command) -> Result<i32> {
     result
 }
 
+/// Spawns `cmd` (stdio as the caller set it) and returns its pid and a future of its exit
+/// code, for children that outlive the call (a daemon).
+pub async fn spawn(
+    mut cmd: Command,
+) -> Result<(i32, impl std::future::Future<Output = Result<i32>> + Send)> {
+    let mut sub = monitor_subscribe(Topic::Pid).await?;
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = monitor_unsubscribe(sub.id).await;
+            return Err(Error::io(format!("spawn {:?}", cmd.get_program()))(e));
+        }
+    };
+    drop(cmd);
+    let pid = child.id() as i32;
+    Ok((pid, async move {
+        let r = wait_pid(&mut sub.rx, pid).await;
+        let _ = monitor_unsubscribe(sub.id).await;
+        r
+    }))
+}
+
 async fn read_all(fd: Option<OwnedFd>) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     if let Some(fd) = fd {
@@ -83,4 +105,44 @@ async fn wait_pid(
     Err(Error::FailedPrecondition(format!(
         "exit monitor closed before pid {pid} exited"
     )))
+}
+
+/// The fd number a child gets its "ready" pipe as (`--status-fd 3` of runc and CRIU).
+pub const STATUS_FD: i32 = 3;
+
+/// A pipe on which a child (CRIU, through runc or directly) writes one byte once it is ready:
+/// a lazy dump's page server listens, a lazy-pages daemon takes restores.
+pub struct ReadyPipe {
+    rx: pipe::Receiver,
+}
+
+impl ReadyPipe {
+    /// Makes the pipe and hands its write end to `cmd` as fd [`STATUS_FD`]. Our own copy of
+    /// the write end is close-on-exec and dropped here, so other children never hold it.
+    pub fn attach(cmd: &mut Command) -> Result<ReadyPipe> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io("status pipe")(std::io::Error::from(e)))?;
+        let rx = pipe::Receiver::from_owned_fd(rx).map_err(Error::io("status pipe"))?;
+        // The closure owns the write end: it closes when `cmd` is dropped, so the read end
+        // sees EOF once the child is gone too.
+        // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(tx.as_raw_fd(), STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(ReadyPipe { rx })
+    }
+
+    /// Resolves true once the child said it is ready, false if the pipe closed first (the
+    /// child exited without getting ready).
+    pub async fn ready(mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.rx.read(&mut b).await, Ok(1))
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     holder, metrics,
-    migration::{DumpJob, Incoming, Outgoing, RestoreJob, RESTORE_ANNOTATION},
+    migration::{DumpJob, Incoming, Outgoing, PagesIn, RestoreJob, Serving, RESTORE_ANNOTATION},
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,
@@ -25,6 +25,12 @@ use crate::{
 /// runc ids inside the container's private runc root.
 pub const OUTER: &str = "outer";
 pub const SERVICE: &str = "service";
+
+/// Post-copy pages in flight, on either side.
+pub enum Pages {
+    Out(Serving),
+    In(PagesIn),
+}
 
 fn ums_dir(bundle: &Path) -> PathBuf {
     bundle.join("ums")
@@ -48,6 +54,8 @@ pub struct Container {
     pub outgoing: Option<Outgoing>,
     /// Destination side: the service is restored from a migration instead of started.
     pub incoming: Option<Incoming>,
+    /// Destination, post-copy: the restored service's pages still arriving.
+    pub pages_in: Option<PagesIn>,
 }
 
 impl Container {
@@ -75,6 +83,7 @@ impl Container {
             }),
             outgoing: None,
             incoming: None,
+            pages_in: None,
         };
         match c.setup(req).await {
             Ok(()) => Ok(c),
@@ -276,7 +285,10 @@ impl Container {
         .run(prepared.child)
         .await;
         let pid = match res {
-            Ok(pid) => pid,
+            Ok((pid, pages_in)) => {
+                self.pages_in = pages_in;
+                pid
+            }
             Err(e) => {
                 io.close();
                 if let Some(i) = &mut self.incoming {
@@ -324,6 +336,7 @@ impl Container {
             migration_id: migration_id.to_string(),
             phase: "dumping",
             progress: progress.clone(),
+            serving: None,
         });
         Ok(DumpJob {
             progress,
@@ -346,27 +359,60 @@ impl Container {
             })
     }
 
-    /// Source: the dump ended; Ok leaves the service frozen awaiting Commit or Abort.
-    pub fn end_dump(&mut self, migration_id: &str, ok: bool) {
+    /// Source: the dump ended; Ok leaves the service frozen awaiting Commit or Abort (after
+    /// the page server's end, post-copy).
+    pub fn end_dump(&mut self, migration_id: &str, ok: bool, serving: Option<Serving>) {
         if ok {
             if let Some(m) = self
                 .outgoing
                 .as_mut()
                 .filter(|m| m.migration_id == migration_id)
             {
-                m.phase = "dumped";
+                m.phase = if serving.is_some() {
+                    "serving"
+                } else {
+                    "dumped"
+                };
+                m.serving = serving;
             }
         } else {
             self.outgoing = None;
         }
     }
 
+    /// Post-copy: what WaitPages waits for. Source: the page server of `migration_id`;
+    /// destination: the restored service's pages.
+    pub fn pages(&self, migration_id: &str) -> Result<Pages> {
+        if let Some(p) = self
+            .pages_in
+            .as_ref()
+            .filter(|p| p.migration_id == migration_id)
+        {
+            return Ok(Pages::In(p.clone()));
+        }
+        self.outgoing_named(migration_id)?
+            .serving
+            .clone()
+            .map(Pages::Out)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "migration {migration_id} of task {} is not post-copy",
+                    self.id
+                ))
+            })
+    }
+
     /// Source: the destination runs the service; end it here (SIGKILL, then thaw so it dies).
     pub async fn commit(&mut self, migration_id: &str) -> Result<()> {
-        if self.outgoing_named(migration_id)?.phase != "dumped" {
+        if self.outgoing_named(migration_id)?.phase() != "dumped" {
             return Err(Error::FailedPrecondition(format!(
-                "migration {migration_id} of task {} has not finished its dump",
-                self.id
+                "migration {migration_id} of task {} has not finished its dump{}",
+                self.id,
+                if self.outgoing_named(migration_id)?.serving.is_some() {
+                    " (its pages are still being served: WaitPages first)"
+                } else {
+                    ""
+                }
             )));
         }
         // runc's kill --all thaws the cgroup after signalling; resume only if it did not.
@@ -390,11 +436,23 @@ impl Container {
             i.abort("aborted by the coordinator");
             return Ok(());
         }
-        let phase = self.outgoing_named(migration_id)?.phase;
-        if phase == "dumped" {
-            self.runc.resume(SERVICE).await?;
+        let out = self.outgoing_named(migration_id)?;
+        // Post-copy: end the page server first.
+        if let Some(serving) = out.serving.clone() {
+            serving.cancel().await;
         }
-        // While "dumping", the dump itself resumes the service when it fails.
+        let out = self.outgoing_named(migration_id)?;
+        match out.phase() {
+            "dumped" => self.runc.resume(SERVICE).await?,
+            "serving" => {
+                return Err(Error::FailedPrecondition(format!(
+                    "migration {migration_id} of task {}: its page server did not end; the service stays frozen",
+                    self.id
+                )))
+            }
+            // While "dumping", the dump itself resumes the service when it fails.
+            _ => {}
+        }
         self.outgoing = None;
         info!(
             "{}: migration {migration_id} aborted, service resumed",
@@ -409,7 +467,7 @@ impl Container {
             .as_ref()
             .filter(|m| m.migration_id == migration_id)
         {
-            return Some((m.phase, m.progress.bytes()));
+            return Some((m.phase(), m.progress.bytes()));
         }
         self.incoming
             .as_ref()

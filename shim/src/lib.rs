@@ -9,6 +9,7 @@ pub mod criu_stats;
 pub mod error;
 pub mod events;
 pub mod holder;
+pub mod lazy_pages;
 pub mod metrics;
 pub mod migration;
 pub mod migration_service;

@@ -23,13 +23,16 @@ use crate::{
     container::SERVICE,
     criu_stats,
     error::{Error, Result},
-    runc::{CheckpointOpts, ChildStdio, Runc},
+    lazy_pages,
+    runc::{CheckpointOpts, ChildStdio, RestoreOpts, Runc},
 };
 
 /// Annotation of a task that is the destination of migration `<value>`.
 pub const RESTORE_ANNOTATION: &str = "io.ums.restore";
 /// The writable layer's changes, sent beside CRIU's images.
 pub const ROOTFS_DIFF: &str = "ums-rootfs.tar";
+/// Post-copy: sent beside the images, names the source's page server (`ip:port`).
+pub const PAGE_SERVER_FILE: &str = "ums-page-server";
 /// How long a destination waits for a source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -40,6 +43,18 @@ pub struct Outgoing {
     pub phase: &'static str,
     /// Bytes streamed so far (for Status while dumping).
     pub progress: criu_sync::Progress,
+    /// Post-copy, once Dump returned: the page server still serving.
+    pub serving: Option<Serving>,
+}
+
+impl Outgoing {
+    /// The phase: a post-copy dump is "serving" until its page server ended, then "dumped".
+    pub fn phase(&self) -> &'static str {
+        match &self.serving {
+            Some(s) if s.ended() => "dumped",
+            _ => self.phase,
+        }
+    }
 }
 
 /// The destination side: images expected for a task created with the restore marker.
@@ -187,6 +202,69 @@ pub struct DumpStats {
     pub frozen_ms: u64,
 }
 
+/// How a dump's CRIU ended: its elapsed time since the freeze, or why it failed.
+type Finish = Option<std::result::Result<Duration, String>>;
+
+/// A post-copy dump after Dump returned: CRIU serves the pages from the frozen service until
+/// the destination has them all. Its end changes nothing here: the service stays frozen
+/// until Commit or Abort, since only the destination knows whether every page arrived (CRIU's
+/// page server takes a peer that hangs up early for one that is done).
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// Where CRIU's page server listens.
+    pub page_server: SocketAddr,
+    /// Set once the lazy dump has ended: its figures, or why it failed.
+    done: watch::Receiver<Option<std::result::Result<DumpStats, String>>>,
+}
+
+impl Serving {
+    /// Whether the lazy dump has ended.
+    pub fn ended(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    /// Waits for the lazy dump's end.
+    pub async fn wait(&self) -> std::result::Result<DumpStats, String> {
+        let mut rx = self.done.clone();
+        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => Err("no result".into()),
+            Err(_) => Err("the lazy dump's task vanished".into()),
+        }
+    }
+
+    /// Ends the page server early (Abort): a connection that closes at once ends it.
+    pub async fn cancel(&self) {
+        if !self.ended() {
+            let _ = TcpStream::connect(self.page_server).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.wait()).await;
+    }
+}
+
+/// Destination, post-copy: the restored service's pages arriving through the lazy-pages
+/// daemon.
+#[derive(Debug, Clone)]
+pub struct PagesIn {
+    pub migration_id: String,
+    /// Set once the daemon has exited: Ok with every page in, or why not (the restored
+    /// service is killed by then).
+    done: watch::Receiver<Option<std::result::Result<(), String>>>,
+}
+
+impl PagesIn {
+    pub async fn wait(&self) -> std::result::Result<(), String> {
+        let mut rx = self.done.clone();
+        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => Err("no result".into()),
+            Err(_) => Err("the lazy-pages daemon's task vanished".into()),
+        }
+    }
+}
+
 /// What a dump needs from its container, taken under the container's lock.
 pub struct DumpJob {
     pub progress: criu_sync::Progress,
@@ -198,8 +276,14 @@ pub struct DumpJob {
 
 impl DumpJob {
     /// Freezes the service, checkpoints it and streams everything to `peer`. On error the
-    /// service is resumed before returning; on success it stays frozen.
-    pub async fn run(self, peer: &str, token: &str) -> Result<DumpStats> {
+    /// service is resumed before returning; on success it stays frozen. Post-copy: returns
+    /// once everything but the memory pages is in, with the page server still serving.
+    pub async fn run(
+        self,
+        peer: &str,
+        token: &str,
+        post_copy: bool,
+    ) -> Result<(DumpStats, Option<Serving>)> {
         let images = self.dir.join(format!("out-{}", self.migration_id));
         let work = self.dir.join(format!("out-{}.work", self.migration_id));
         for d in [&images, &work] {
@@ -208,18 +292,63 @@ impl DumpJob {
                 .await
                 .map_err(Error::io(format!("create {}", d.display())))?;
         }
-        let res = self.stream(&images, &work, peer, token).await;
-        let _ = tokio::fs::remove_dir_all(&images).await;
-        if res.is_err() {
-            if let Err(e) = self.runc.resume(SERVICE).await {
-                warn!(
-                    "migration {}: resume after a failed dump: {e}",
-                    self.migration_id
-                );
+        let res = self.stream(&images, &work, peer, token, post_copy).await;
+        match res {
+            Ok((stats, Some((page_server, finish)))) => {
+                let done = self.serve_pages(stats.clone(), finish, images, work);
+                Ok((stats, Some(Serving { page_server, done })))
+            }
+            res => {
+                let _ = tokio::fs::remove_dir_all(&images).await;
+                if res.is_err() {
+                    self.resume_after_failure().await;
+                }
+                let _ = tokio::fs::remove_dir_all(&work).await;
+                res.map(|(s, _)| (s, None))
             }
         }
-        let _ = tokio::fs::remove_dir_all(&work).await;
-        res
+    }
+
+    async fn resume_after_failure(&self) {
+        if let Err(e) = self.runc.resume(SERVICE).await {
+            warn!(
+                "migration {}: resume after a failed dump: {e}",
+                self.migration_id
+            );
+        }
+    }
+
+    /// Post-copy, after Dump returned: waits in the background for CRIU's lazy dump to end
+    /// and cleans up.
+    fn serve_pages(
+        self,
+        mut stats: DumpStats,
+        finish: watch::Receiver<Finish>,
+        images: PathBuf,
+        work: PathBuf,
+    ) -> watch::Receiver<Option<std::result::Result<DumpStats, String>>> {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let mid = &self.migration_id;
+            let res = match finished(finish).await {
+                Ok(elapsed) => {
+                    // Frozen here from the freeze until the last page left (CRIU's own
+                    // frozen_time of a lazy dump does not start at the freeze).
+                    stats.frozen_ms = elapsed.as_millis() as u64;
+                    stats.transfer_ms = elapsed.as_millis() as u64;
+                    info!("migration {mid}: every page served, {stats:?}");
+                    Ok(stats)
+                }
+                Err(e) => {
+                    warn!("migration {mid}: CRIU's page server failed: {e}; the service stays frozen until Commit or Abort");
+                    Err(format!("CRIU's page server failed: {e}"))
+                }
+            };
+            let _ = tokio::fs::remove_dir_all(&images).await;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            tx.send_replace(Some(res));
+        });
+        rx
     }
 
     async fn stream(
@@ -228,7 +357,8 @@ impl DumpJob {
         work: &Path,
         peer: &str,
         token: &str,
-    ) -> Result<DumpStats> {
+        post_copy: bool,
+    ) -> Result<(DumpStats, Option<(SocketAddr, watch::Receiver<Finish>)>)> {
         let mid = &self.migration_id;
         // Watch before anything is written, and reach the peer before freezing anything.
         let mut opts = SendOptions::new(token);
@@ -240,47 +370,90 @@ impl DumpJob {
             .map_err(|_| Error::FailedPrecondition(format!("peer {peer} did not answer")))?
             .map_err(Error::io(format!("connect to peer {peer}")))?;
         let _ = stream.set_nodelay(true);
+        let page_server = if post_copy {
+            // On the address the peer already reaches us at.
+            let local = stream.local_addr().map_err(Error::io("stream address"))?;
+            let ps = page_server_address(local.ip())?;
+            lazy_pages::raise_pipe_max_size()?;
+            tokio::fs::write(images.join(PAGE_SERVER_FILE), ps.to_string())
+                .await
+                .map_err(Error::io("write the page server's address"))?;
+            Some(ps)
+        } else {
+            None
+        };
 
         let t0 = Instant::now();
         self.runc.pause(SERVICE).await?;
-        info!("migration {mid}: service frozen, dumping");
-        let runc = self.runc.clone();
+        info!(
+            "migration {mid}: service frozen, dumping{}",
+            if post_copy { " (post-copy)" } else { "" }
+        );
         let opts = CheckpointOpts {
             image_path: images.to_path_buf(),
             work_path: work.to_path_buf(),
             leave_running: true,
+            lazy_pages: page_server.map(|a| a.to_string()),
             ..Default::default()
         };
-        let diff = self.upperdir.clone().map(|u| (u, images.join(ROOTFS_DIFF)));
-        // In a task of its own: if the stream fails first, the dump still runs to its end,
-        // and the service may only be resumed after that (CRIU restores the frozen state).
-        let (fin_tx, fin_rx) = watch::channel(None::<std::result::Result<Duration, String>>);
-        tokio::spawn(async move {
-            let (ckpt, tar) = tokio::join!(runc.checkpoint(SERVICE, &opts), async {
-                match diff {
-                    Some((upper, out)) => tar_layer(&upper, &out).await,
-                    None => Ok(()),
-                }
-            });
-            let r = ckpt
-                .and(tar)
-                .map(|()| t0.elapsed())
-                .map_err(|e| e.to_string());
-            fin_tx.send_replace(Some(r));
-        });
-        let finished = |mut rx: watch::Receiver<Option<std::result::Result<Duration, String>>>| async move {
-            match rx.wait_for(Option::is_some).await {
-                Ok(v) => v.clone().unwrap_or_else(|| Err("no result".into())),
-                Err(_) => Err("dump task vanished".to_string()),
+        type Checkpoint = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+        let (ready, checkpoint): (_, Checkpoint) = match page_server {
+            Some(_) => {
+                let (ready, ckpt) = self.runc.checkpoint_lazy(SERVICE, &opts)?;
+                (Some(ready), Box::pin(ckpt))
+            }
+            None => {
+                let runc = self.runc.clone();
+                (
+                    None,
+                    Box::pin(async move { runc.checkpoint(SERVICE, &opts).await }),
+                )
             }
         };
-        let done = {
-            let f = finished(fin_rx.clone());
-            async move { f.await.map(drop) }
+        let diff = self.upperdir.clone().map(|u| (u, images.join(ROOTFS_DIFF)));
+        // In tasks of their own: if the stream fails first, the dump still runs to its end,
+        // and the service may only be resumed after that (CRIU restores the frozen state).
+        let ckpt_done = spawn_finish(t0, checkpoint);
+        let tar_done = spawn_finish(t0, async move {
+            match diff {
+                Some((upper, out)) => tar_layer(&upper, &out).await,
+                None => Ok(()),
+            }
+        });
+        let dumped = {
+            let (ckpt, tar) = (ckpt_done.clone(), tar_done.clone());
+            async move {
+                match ready {
+                    // Post-copy: the images are complete once the page server is ready.
+                    Some(ready) => {
+                        if !ready.ready().await {
+                            finished(ckpt).await?;
+                            return Err("CRIU ended before its page server was ready".into());
+                        }
+                    }
+                    None => drop(finished(ckpt).await?),
+                }
+                finished(tar).await.map(drop)
+            }
         };
-        let sent = sender::send_over(sender, stream, done).await;
-        let checkpoint = finished(fin_rx).await;
-        let stats = match (sent, checkpoint) {
+        let (dumped_tx, dumped_rx) = watch::channel(None::<Duration>);
+        let dumped = async {
+            let r = dumped.await;
+            dumped_tx.send_replace(Some(t0.elapsed()));
+            r
+        };
+        let sent = sender::send_over(sender, stream, dumped).await;
+        let checkpoint = match (page_server, &sent) {
+            // The page server waits for a peer that will never come: end it.
+            (Some(ps), Err(_)) => {
+                let _ = TcpStream::connect(ps).await;
+                finished(ckpt_done.clone()).await
+            }
+            (Some(_), Ok(_)) => Ok(dumped_rx.borrow().unwrap_or_else(|| t0.elapsed())),
+            (None, _) => finished(ckpt_done.clone()).await,
+        };
+        let tar = finished(tar_done).await;
+        let (sent, checkpoint) = match (sent, checkpoint.and_then(|c| tar.map(|_| c))) {
             (Ok(s), Ok(elapsed)) => (s, elapsed),
             (_, Err(e)) => {
                 return Err(Error::FailedPrecondition(format!("checkpoint failed: {e}")))
@@ -291,21 +464,63 @@ impl DumpJob {
                 )))
             }
         };
-        let (sent, checkpoint) = stats;
-        let frozen = criu_stats::read(work, "stats-dump")
-            .or_else(|| criu_stats::read(images, "stats-dump"))
-            .map(|s| s.frozen_us / 1000)
-            .unwrap_or(0);
         let out = DumpStats {
             bytes: sent.bytes,
             files: sent.files,
             checkpoint_ms: checkpoint.as_millis() as u64,
             transfer_ms: t0.elapsed().as_millis() as u64,
-            frozen_ms: frozen,
+            frozen_ms: if post_copy {
+                0
+            } else {
+                frozen_ms(work, images)
+            },
         };
-        info!("migration {mid}: dumped and sent {out:?}");
-        Ok(out)
+        match page_server {
+            Some(ps) => {
+                info!("migration {mid}: dumped and sent all but the pages {out:?}; serving pages on {ps}");
+                Ok((out, Some((ps, ckpt_done))))
+            }
+            None => {
+                info!("migration {mid}: dumped and sent {out:?}");
+                Ok((out, None))
+            }
+        }
     }
+}
+
+/// CRIU's frozen time from its stats-dump (in the work dir, or the image dir).
+fn frozen_ms(work: &Path, images: &Path) -> u64 {
+    criu_stats::read(work, "stats-dump")
+        .or_else(|| criu_stats::read(images, "stats-dump"))
+        .map(|s| s.frozen_us / 1000)
+        .unwrap_or(0)
+}
+
+/// Runs `f` in a task of its own; the receiver holds its outcome (time since `t0`) once done.
+fn spawn_finish(
+    t0: Instant,
+    f: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) -> watch::Receiver<Finish> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let r = f.await.map(|()| t0.elapsed()).map_err(|e| e.to_string());
+        tx.send_replace(Some(r));
+    });
+    rx
+}
+
+async fn finished(mut rx: watch::Receiver<Finish>) -> std::result::Result<Duration, String> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or_else(|| Err("no result".into())),
+        Err(_) => Err("the dump's task vanished".to_string()),
+    }
+}
+
+/// A free port on `ip` for CRIU's page server (CRIU binds it itself, moments later).
+fn page_server_address(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(Error::io(format!("find a free port on {ip}")))
 }
 
 /// GNU tar archiving an overlay upper dir (whiteouts and opaque-dir xattrs included). Also
@@ -385,7 +600,8 @@ pub struct RestoreJob<'a> {
 }
 
 impl RestoreJob<'_> {
-    pub async fn run(self, stdio: ChildStdio) -> Result<i32> {
+    /// Restores; returns the service's pid and, post-copy, its pages still arriving.
+    pub async fn run(self, stdio: ChildStdio) -> Result<(i32, Option<PagesIn>)> {
         let images = self.images;
         let work = self.dir.join(format!("in-{}.work", self.migration_id));
         tokio::fs::create_dir_all(&work)
@@ -402,26 +618,93 @@ impl RestoreJob<'_> {
             }
         }
         let t0 = Instant::now();
-        let pid = self
-            .runc
-            .restore(
-                SERVICE,
-                self.service_bundle,
-                images,
-                &work,
-                &self.service_bundle.join("pid"),
-                stdio,
-            )
-            .await?;
-        // The service was dumped frozen: CRIU restores the freezer state too.
-        self.runc.resume_if_paused(SERVICE).await?;
+        // Post-copy: the pages come from the source's page server through a lazy-pages
+        // daemon, which must take restores before the restore starts.
+        let daemon = match read_page_server(images).await? {
+            Some(ps) => Some(lazy_pages::Daemon::start(ps, images, &work).await?),
+            None => None,
+        };
+        let pid_file = self.service_bundle.join("pid");
+        let opts = RestoreOpts {
+            image_path: images,
+            work_path: &work,
+            pid_file: &pid_file,
+            lazy_pages: daemon.is_some(),
+        };
+        let restored = async {
+            let pid = self
+                .runc
+                .restore(SERVICE, self.service_bundle, &opts, stdio)
+                .await?;
+            // The service was dumped frozen: CRIU restores the freezer state too.
+            self.runc.resume_if_paused(SERVICE).await?;
+            Ok::<_, Error>(pid)
+        }
+        .await;
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(d) = &daemon {
+                    d.kill();
+                }
+                return Err(e);
+            }
+        };
         info!(
-            "migration {}: service restored (pid {pid}) in {:?}",
+            "migration {}: service restored (pid {pid}) in {:?}{}",
             self.migration_id,
-            t0.elapsed()
+            t0.elapsed(),
+            if daemon.is_some() {
+                ", its pages follow"
+            } else {
+                ""
+            }
         );
-        let _ = tokio::fs::remove_dir_all(images).await;
-        let _ = tokio::fs::remove_dir_all(&work).await;
-        Ok(pid)
+        let images = images.to_path_buf();
+        let Some(d) = daemon else {
+            let _ = tokio::fs::remove_dir_all(&images).await;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            return Ok((pid, None));
+        };
+        let (tx, done) = watch::channel(None);
+        let (runc, mid) = (self.runc.clone(), self.migration_id.to_string());
+        tokio::spawn(async move {
+            let res = d.wait().await;
+            match &res {
+                Ok(()) => info!(
+                    "migration {mid}: every page in, {:?} after the restore began",
+                    t0.elapsed()
+                ),
+                // Its memory has holes: it must not run on (the source resumes its copy).
+                Err(e) => {
+                    warn!("migration {mid}: the page transfer failed ({e}): killing the restored service");
+                    let _ = runc.kill(SERVICE, libc::SIGKILL as u32, true).await;
+                }
+            }
+            let _ = tokio::fs::remove_dir_all(&images).await;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            tx.send_replace(Some(res.map_err(|e| {
+                format!("the page transfer failed ({e}); the restored service was killed")
+            })));
+        });
+        let pages = PagesIn {
+            migration_id: self.migration_id.to_string(),
+            done,
+        };
+        Ok((pid, Some(pages)))
     }
+}
+
+/// Post-copy: the source's page server, named by the file it sent beside the images.
+async fn read_page_server(images: &Path) -> Result<Option<SocketAddr>> {
+    let text = match tokio::fs::read_to_string(images.join(PAGE_SERVER_FILE)).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("read {PAGE_SERVER_FILE}"))(e)),
+    };
+    text.trim().parse().map(Some).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "the source's {PAGE_SERVER_FILE} holds {text:?}, not an address"
+        ))
+    })
 }

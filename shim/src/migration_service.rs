@@ -18,7 +18,9 @@ use crate::{
         },
         migration_ttrpc::{create_migration, Migration},
     },
+    container::Pages,
     error::{Error, Result},
+    migration::DumpStats,
     service::Inner,
 };
 
@@ -83,6 +85,17 @@ pub async fn serve(inner: Arc<Inner>) -> Result<Server> {
     Ok(server)
 }
 
+fn dump_response(s: &DumpStats) -> DumpResponse {
+    DumpResponse {
+        bytes: s.bytes,
+        files: s.files,
+        checkpoint_ms: s.checkpoint_ms,
+        transfer_ms: s.transfer_ms,
+        frozen_ms: s.frozen_ms,
+        ..Default::default()
+    }
+}
+
 struct MigrationService {
     inner: Arc<Inner>,
 }
@@ -95,21 +108,36 @@ impl Migration for MigrationService {
         // In a task of its own: ttrpc drops a handler whose client went away (a coordinator
         // killed mid-dump), and the dump must still end and record how (Status tells the
         // restarted coordinator, whose Abort then resumes the service).
-        let s = tokio::spawn(async move {
-            let res = job.run(&req.peer, &req.token).await;
-            c.lock().await.end_dump(&req.migration_id, res.is_ok());
+        let (s, serving) = tokio::spawn(async move {
+            let res = job.run(&req.peer, &req.token, req.post_copy).await;
+            let serving = res.as_ref().ok().and_then(|(_, s)| s.clone());
+            c.lock()
+                .await
+                .end_dump(&req.migration_id, res.is_ok(), serving);
             res
         })
         .await
         .map_err(|e| Error::FailedPrecondition(format!("dump task failed: {e}")))??;
-        Ok(DumpResponse {
-            bytes: s.bytes,
-            files: s.files,
-            checkpoint_ms: s.checkpoint_ms,
-            transfer_ms: s.transfer_ms,
-            frozen_ms: s.frozen_ms,
-            ..Default::default()
-        })
+        let mut resp = dump_response(&s);
+        if let Some(serving) = serving {
+            resp.page_server = serving.page_server.to_string();
+        }
+        Ok(resp)
+    }
+
+    async fn wait_pages(
+        &self,
+        _ctx: &TtrpcContext,
+        req: MigrationRef,
+    ) -> ttrpc::Result<DumpResponse> {
+        let c = self.inner.container(&req.id)?;
+        let pages = c.lock().await.pages(&req.migration_id)?;
+        // Without the lock: Status and Abort go on meanwhile.
+        let res = match pages {
+            Pages::Out(serving) => serving.wait().await.map(|s| dump_response(&s)),
+            Pages::In(pages_in) => pages_in.wait().await.map(|()| DumpResponse::default()),
+        };
+        Ok(res.map_err(Error::FailedPrecondition)?)
     }
 
     async fn commit(&self, _ctx: &TtrpcContext, req: MigrationRef) -> ttrpc::Result<Empty> {

@@ -47,6 +47,18 @@ pub struct CheckpointOpts {
     pub file_locks: bool,
     pub empty_ns: Vec<String>,
     pub cgroups_mode: Option<String>,
+    /// Post-copy: dump all but the memory pages, then serve those from the frozen service on
+    /// this `ip:port` (CRIU's page server) until the destination has them all.
+    pub lazy_pages: Option<String>,
+}
+
+/// Where `runc restore` finds its images and leaves its pid.
+pub struct RestoreOpts<'a> {
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    pub pid_file: &'a Path,
+    /// The memory pages come from a lazy-pages daemon listening in `work_path`.
+    pub lazy_pages: bool,
 }
 
 /// What runc needs to leave a container process behind and tell its pid.
@@ -173,25 +185,28 @@ impl Runc {
         &self,
         id: &str,
         bundle: &Path,
-        image_path: &Path,
-        work_path: &Path,
-        pid_file: &Path,
+        opts: &RestoreOpts<'_>,
         stdio: ChildStdio,
     ) -> Result<i32> {
-        let args = vec![
+        let work_path = opts.work_path;
+        let mut args = vec![
             "restore".to_string(),
             "--detach".into(),
             "--bundle".into(),
             path_arg(bundle),
             "--image-path".into(),
-            path_arg(image_path),
+            path_arg(opts.image_path),
             "--work-path".into(),
             path_arg(work_path),
         ];
+        if opts.lazy_pages {
+            // Pages come from the lazy-pages daemon listening in `work_path`.
+            args.push("--lazy-pages".into());
+        }
         let log = bundle.join("runc-restore.log");
         let process = ProcessArgs {
             id,
-            pid_file,
+            pid_file: opts.pid_file,
             console_socket: None,
             log: &log,
         };
@@ -289,9 +304,39 @@ impl Runc {
     }
 
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
-        let image = path_arg(&opts.image_path);
-        let work = path_arg(&opts.work_path);
-        let mut args = vec!["checkpoint", "--image-path", &image, "--work-path", &work];
+        let (cmd, args) = self.checkpoint_command(id, opts);
+        self.checkpoint_result(command::output(cmd).await, args, opts)
+    }
+
+    /// A lazy checkpoint (`opts.lazy_pages` set): resolves `ready` once CRIU's page server
+    /// listens (everything but the pages is written), and the returned future once the
+    /// destination has fetched every page (or the transfer failed; CRIU then thaws the
+    /// service's tasks, the cgroup stays as runc left it).
+    pub fn checkpoint_lazy(
+        &self,
+        id: &str,
+        opts: &CheckpointOpts,
+    ) -> Result<(
+        command::ReadyPipe,
+        impl std::future::Future<Output = Result<()>> + Send + 'static,
+    )> {
+        let (mut cmd, args) = self.checkpoint_command(id, opts);
+        let ready = command::ReadyPipe::attach(&mut cmd)?;
+        let this = self.clone();
+        let opts = opts.clone();
+        Ok((ready, async move {
+            this.checkpoint_result(command::output(cmd).await, args, &opts)
+        }))
+    }
+
+    fn checkpoint_command(&self, id: &str, opts: &CheckpointOpts) -> (Command, Vec<String>) {
+        let mut args = vec![
+            "checkpoint".to_string(),
+            "--image-path".into(),
+            path_arg(&opts.image_path),
+            "--work-path".into(),
+            path_arg(&opts.work_path),
+        ];
         for (set, flag) in [
             (opts.leave_running, "--leave-running"),
             (opts.tcp_established, "--tcp-established"),
@@ -300,22 +345,48 @@ impl Runc {
             (opts.file_locks, "--file-locks"),
         ] {
             if set {
-                args.push(flag);
+                args.push(flag.into());
             }
         }
         for ns in &opts.empty_ns {
-            args.extend(["--empty-ns", ns.as_str()]);
+            args.extend(["--empty-ns".into(), ns.clone()]);
         }
         if let Some(mode) = &opts.cgroups_mode {
-            args.extend(["--manage-cgroups-mode", mode.as_str()]);
+            args.extend(["--manage-cgroups-mode".into(), mode.clone()]);
         }
-        args.push(id);
-        self.run(&args).await.map(drop).map_err(|e| match e {
-            Error::Runc { cmd, msg } => Error::Runc {
-                cmd,
-                msg: with_criu_errors(msg, &opts.work_path.join("dump.log")),
-            },
-            e => e,
+        if let Some(ps) = &opts.lazy_pages {
+            args.extend([
+                "--lazy-pages".into(),
+                "--page-server".into(),
+                ps.clone(),
+                "--status-fd".into(),
+                command::STATUS_FD.to_string(),
+            ]);
+        }
+        args.push(id.into());
+        let mut cmd = self.command(None);
+        cmd.args(&args);
+        (cmd, args)
+    }
+
+    fn checkpoint_result(
+        &self,
+        out: Result<command::Output>,
+        args: Vec<String>,
+        opts: &CheckpointOpts,
+    ) -> Result<()> {
+        let out = out?;
+        if out.code == 0 {
+            return Ok(());
+        }
+        Err(Error::Runc {
+            cmd: args.join(" "),
+            msg: with_criu_errors(
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace('\n', "; "),
+                &opts.work_path.join("dump.log"),
+            ),
         })
     }
 }
@@ -335,7 +406,7 @@ async fn read_pid(pid_file: &Path) -> Result<i32> {
 
 /// Appends CRIU's own error lines to a runc error: runc only says "criu failed", and the work
 /// dir holding CRIU's log may be removed right after (a failed migration cleans up).
-fn with_criu_errors(msg: String, criu_log: &Path) -> String {
+pub(crate) fn with_criu_errors(msg: String, criu_log: &Path) -> String {
     // "(00.012345)   1: Error (criu/x.c:12): text" -> "criu/x.c:12: text"; the first errors
     // name the cause, the later ones the unwinding.
     let errors: Vec<String> = std::fs::read_to_string(criu_log)

@@ -492,7 +492,20 @@ impl Bed {
         to: &System,
         reference: &str,
     ) -> std::io::Result<util::Spawned> {
-        util::spawn(&mut self.ums_command(from, &Self::migrate_args(from, to, reference)))
+        self.spawn_migrate_with(from, to, reference, &[])
+    }
+
+    /// [`Bed::spawn_migrate`] with extra arguments (see [`Bed::migrate_with`]).
+    pub fn spawn_migrate_with(
+        &self,
+        from: &System,
+        to: &System,
+        reference: &str,
+        extra: &[&str],
+    ) -> std::io::Result<util::Spawned> {
+        let mut args = Self::migrate_args(from, to, reference).to_vec();
+        args.extend_from_slice(extra);
+        util::spawn(&mut self.ums_command(from, &args))
     }
 
     pub fn finish_migrate(&self, m: util::Spawned) -> Migration {

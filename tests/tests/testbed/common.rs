@@ -462,15 +462,27 @@ pub fn report_problems(v: &Value, reference: &str, from: &System, to: &System) -
                 "frozen_ms {frozen} is not in (0, total_ms {total}]"
             ));
         }
-        if downtime < frozen || downtime > total {
+        // Post-copy: the service runs at the destination while the source, still frozen,
+        // serves its pages: the downtime ends before the source's freeze does.
+        let post_copy = v.pointer("/post_copy").and_then(Value::as_bool) == Some(true);
+        let pages_ms = num(v, "/phases_ms/post_copy");
+        if post_copy {
+            match &pages_ms {
+                Ok(_) if downtime <= frozen && downtime <= total => {}
+                Ok(_) => bad.push(format!(
+                    "post-copy: downtime_ms {downtime} is not in (0, min(frozen_ms {frozen}, total_ms {total})]"
+                )),
+                Err(e) => bad.push(format!("post-copy: {e}")),
+            }
+        } else if downtime < frozen || downtime > total {
             bad.push(format!(
                 "downtime_ms {downtime} is not in [frozen_ms {frozen}, total_ms {total}]"
             ));
         }
         if phases.iter().all(Result::is_ok) {
             let ph: Vec<u64> = phases.iter().map(|p| *p.as_ref().unwrap()).collect();
-            let sum: u64 = ph.iter().sum();
-            // The README: the five phases add up to about total_ms.
+            let sum: u64 = ph.iter().sum::<u64>() + pages_ms.as_ref().copied().unwrap_or(0);
+            // The README: the phases add up to about total_ms.
             let slack = (total / 10).max(100);
             if sum.abs_diff(total) > slack {
                 bad.push(format!(

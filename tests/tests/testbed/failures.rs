@@ -688,3 +688,78 @@ pub fn disk_full_on_b(bed: &Bed) {
     assert_memhog_survived(&svc, a, &sum, "memhog on A after B's disk filled up");
     assert_nothing_left(bed, b, &svc.id, false, "B after its disk filled up");
 }
+
+/// Post-copy: B's lazy-pages daemon is killed while it fetches the pages of a running restored
+/// service. B's copy (with holes in its memory) is killed, the source's CRIU page server fails
+/// and the source resumes its service, memory intact; B holds nothing of it.
+pub fn post_copy_pages_lost(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let (svc, sum) = start_memhog(bed, a, "tbt-pclost", 1024);
+    let id = svc.id.clone();
+    let mut mig = bed
+        .spawn_migrate_with(a, b, &svc.reference(), &["--post-copy"])
+        .expect("spawn ums migrate");
+    let state = b.state().to_string_lossy().into_owned();
+    let daemon = || {
+        ums_tests::procfs::all_pids().into_iter().find(|&p| {
+            let c = ums_tests::procfs::cmdline(p);
+            c.iter().any(|a| a == "lazy-pages")
+                && c.iter().any(|a| a.starts_with(&state) && a.contains(&id))
+        })
+    };
+    let t0 = Instant::now();
+    let mut killed = None;
+    while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
+        if let Some(p) = daemon() {
+            // Some pages in, most not yet (1 GiB takes seconds).
+            std::thread::sleep(Duration::from_millis(300));
+            ums_tests::util::signal(p, libc::SIGKILL);
+            killed = Some(p);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let m = bed.finish_migrate(mig);
+    let pid = killed.unwrap_or_else(|| {
+        panic!(
+            "B's lazy-pages daemon never showed up (ums migrate exit {}):\n{}",
+            m.out.code, m.out
+        )
+    });
+    say(format!(
+        "post-copy pages lost: killed B's criu lazy-pages (pid {pid}) of {id}"
+    ));
+    let err = assert_refused(
+        bed,
+        &m,
+        &[
+            "phase restore",
+            "page transfer failed",
+            "runs on at the source",
+        ],
+        "B's lazy-pages daemon killed mid-transfer",
+    );
+    assert!(
+        !err.contains("may be frozen"),
+        "the source says the service may be frozen:\n{err}"
+    );
+    svc.assert_running(a, "memhog on A after the failed post-copy migration");
+    let (ok, got) = memhog_verify(&svc, a);
+    assert!(
+        ok == "ok" && got == sum,
+        "memhog on A after the failed post-copy migration: verify {ok} {got}, checksum at start {sum}"
+    );
+    let (ticks, _) = read_ticks(&svc, a);
+    let n = ticks.len();
+    wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        (read_ticks(&svc, a).0.len() > n).then_some(())
+    })
+    .expect("memhog on A ticks on after the failed migration");
+    assert_nothing_left(
+        bed,
+        b,
+        &id,
+        false,
+        "B after its lazy-pages daemon was killed",
+    );
+}

@@ -34,6 +34,16 @@ fn memhog_128mib() {
 }
 
 #[test]
+fn memhog_post_copy() {
+    with_bed("memhog_post_copy", scenarios::memhog_post_copy);
+}
+
+#[test]
+fn post_copy_pages_lost() {
+    with_bed("post_copy_pages_lost", failures::post_copy_pages_lost);
+}
+
+#[test]
 fn multiproc() {
     with_bed("multiproc", scenarios::multiproc);
 }

@@ -603,3 +603,42 @@ pub fn cri_container_a_to_b(bed: &Bed) {
         "cri container: back on A at {back}, B holds nothing"
     ));
 }
+
+/// `ums migrate --post-copy` (CRIU lazy pages): memhog --mib 256 restarts on B before its
+/// memory is there, fetches every page from the frozen source, and verifies its checksum on B;
+/// the stream carried everything but the pages.
+pub fn memhog_post_copy(bed: &Bed) {
+    let (a, b) = (&bed.a, &bed.b);
+    let (svc, sum) = start_memhog(bed, a, "tbt-postcopy", 256);
+    let id = svc.id.clone();
+    let m = bed.migrate_with(a, b, &svc.reference(), &["--post-copy"]);
+    let f = check_migration(bed, &m, a, b, &id, "memhog 256 MiB, post-copy");
+    let report = m.report.as_ref().expect("a report");
+    assert_eq!(
+        report.pointer("/post_copy").and_then(|v| v.as_bool()),
+        Some(true),
+        "the report does not say post-copy: {report}"
+    );
+    let pages_ms = report
+        .pointer("/phases_ms/post_copy")
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("no phases_ms.post_copy in {report}"));
+    assert!(
+        f.bytes < 64 * MIB,
+        "the stream carried {} bytes: the 256 MiB of pages went through it, not post-copy",
+        f.bytes
+    );
+    assert_nothing_left(bed, a, &id, true, "the source after the migration");
+    svc.assert_running(b, "memhog on B");
+    let (ok, got) = memhog_verify(&svc, b);
+    assert!(
+        ok == "ok" && got == sum,
+        "memhog on B after the post-copy migration: verify {ok} {got}, checksum on A {sum}"
+    );
+    let (ticks, _) = read_ticks(&svc, b);
+    let gap = check_ticks(&ticks, "memhog's ticks across the post-copy migration");
+    say(format!(
+        "memhog 256 MiB post-copy: verify ok on B; {} bytes streamed, pages in {pages_ms} ms after the restore; largest tick gap {gap} ms vs downtime_ms {}",
+        f.bytes, f.downtime_ms
+    ));
+}
