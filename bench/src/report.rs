@@ -342,17 +342,17 @@ pub fn markdown(f: &BenchFile) -> String {
                 );
             }
         }
-        // the 0 MiB total of a run without 0 in its sizes comes from the calibration runs
-        let fixed_from = if f.sizes_mib.contains(&FIXED_COST_MIB) {
-            ""
-        } else {
-            ", 0 MiB from the calibration runs"
-        };
         for &u in &ums_methods {
             let (bytes, fixed) = (
                 m(u, TOTAL_TARGET_MIB, "bytes"),
                 m(u, FIXED_COST_MIB, "total_ms"),
             );
+            // the 0 MiB total of a run without 0 in its sizes comes from the calibration runs
+            let fixed_from = match (f.sizes_mib.contains(&FIXED_COST_MIB), fixed) {
+                (_, None) => ", no 0 MiB run",
+                (true, Some(_)) => "",
+                (false, Some(_)) => ", 0 MiB from the calibration runs",
+            };
             let bound = match (bytes, f.raw_tcp_mb_s, fixed) {
                 (Some(b), Some(r), Some(fixed)) => Some(b / 1e6 / r * 1e3 + fixed),
                 _ => None,
@@ -631,7 +631,18 @@ mod tests {
         f.runs.retain(|r| r.size_mib != 0);
         let md = markdown(&f);
         assert!(
-            md.contains("ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + - ms, 0 MiB from the calibration runs) = - (target <= 1.30): n/a"),
+            md.contains("ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + - ms, no 0 MiB run) = - (target <= 1.30): n/a"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn total_target_with_0_mib_asked_for() {
+        let mut f = issue_run();
+        f.sizes_mib = vec![0, 128, 1024];
+        let md = markdown(&f);
+        assert!(
+            md.contains("ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + 301 ms) = 5.72 (target <= 1.30): MISSED"),
             "{md}"
         );
     }
