@@ -5,6 +5,7 @@
 mod criu_stats;
 mod link;
 mod methods;
+mod plan;
 mod plot;
 mod record;
 mod report;
@@ -18,7 +19,7 @@ use std::process::Command;
 use clap::Parser;
 
 use methods::{Approach, Ctx, Spec, Ssh};
-use record::{METHODS, ORCHESTRATOR, PAGE_SERVER, STOP_AND_COPY, UMS};
+use record::{METHODS, PAGE_SERVER, STOP_AND_COPY};
 use report::BenchFile;
 
 #[derive(Parser, Debug)]
@@ -37,12 +38,13 @@ struct Cli {
     /// Repetitions of each (size, K, method).
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Methods, comma-separated: ums, stop-and-copy, page-server, orchestrator (UMS
-    /// orchestrator-level; skipped with a note when `ums migrate` lacks --approach).
+    /// Methods, comma-separated: ums, ums-postcopy (`ums migrate --post-copy`), orchestrator
+    /// (UMS orchestrator-level), stop-and-copy, page-server. ums-postcopy and orchestrator are
+    /// skipped with a note when `ums migrate` lacks --post-copy / --approach.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ums,orchestrator,stop-and-copy,page-server"
+        default_value = "ums,ums-postcopy,orchestrator,stop-and-copy,page-server"
     )]
     methods: Vec<String>,
     /// MiB held by each of the K-1 children (memhog --child-mib).
@@ -159,14 +161,37 @@ fn main() {
     }
     let mut cli = cli;
     let mut notes = Vec::new();
-    if cli.methods.iter().any(|m| m == ORCHESTRATOR) {
-        let bin_dir = PathBuf::from(env("UMS_BIN_DIR", "target/release"));
-        if let Err(e) = methods::orchestrator_available(&bin_dir) {
-            let note = format!("method {ORCHESTRATOR} skipped: {e}");
-            eprintln!("ums-bench: {note}");
-            notes.push(note);
-            cli.methods.retain(|m| m != ORCHESTRATOR);
+    let bin_dir = PathBuf::from(env("UMS_BIN_DIR", "target/release"));
+    cli.methods.retain(|m| {
+        let Some(a) = Approach::of_method(m) else {
+            return true;
+        };
+        match methods::approach_available(&bin_dir, a) {
+            Ok(()) => true,
+            Err(e) => {
+                let note = format!("method {m} skipped: {e}");
+                eprintln!("ums-bench: {note}");
+                notes.push(note);
+                false
+            }
         }
+    });
+    let calibrate = plan::calibration(
+        &cli.sizes,
+        &cli.procs,
+        &cli.methods,
+        env("UMS_TESTBED_RATE", "off") != "off",
+    );
+    if !calibrate.is_empty() {
+        let note = format!(
+            "0 MiB calibration: {} at K={} ({} repetitions) run as ordinary 0 MiB runs (the table's 0 MiB rows), as the sizes have no 0 and the {} MiB total target needs the 0 MiB run's total",
+            calibrate.join(", "),
+            report::TARGET_K,
+            cli.reps,
+            report::TOTAL_TARGET_MIB
+        );
+        eprintln!("ums-bench: {note}");
+        notes.push(note);
     }
     let wl = cli
         .workloads_dir
@@ -176,7 +201,7 @@ fn main() {
     let split = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     let now = sys::realtime_ns();
     let mut ctx = Ctx {
-        bin_dir: PathBuf::from(env("UMS_BIN_DIR", "target/release")),
+        bin_dir,
         memhog: wl.join("memhog"),
         work: cli.work.clone(),
         testbed_dir: PathBuf::from(env("UMS_TESTBED_DIR", "/run/ums-testbed")),
@@ -281,45 +306,36 @@ fn main() {
             .as_deref()
             .map_or(String::new(), |e| format!(" ({e})"))
     );
-    let total = cli.procs.len() * cli.sizes.len() * cli.reps as usize * cli.methods.len();
-    let mut n = 0;
-    for &procs in &cli.procs {
-        for &size in &cli.sizes {
-            for rep in 0..cli.reps {
-                // interleaved, and the order rotated per repetition
-                let k = cli.methods.len();
-                for j in 0..k {
-                    let m = &cli.methods[(j + rep as usize) % k];
-                    let spec = Spec {
-                        size_mib: size,
-                        procs,
-                        rep,
-                    };
-                    n += 1;
-                    let r = match m.as_str() {
-                        UMS => methods::ums(&mut ctx, &spec, Approach::Container),
-                        ORCHESTRATOR => methods::ums(&mut ctx, &spec, Approach::Orchestrator),
-                        STOP_AND_COPY => methods::baseline(&mut ctx, &spec, false),
-                        _ => methods::baseline(&mut ctx, &spec, true),
-                    };
-                    eprintln!(
-                        "ums-bench: [{n}/{total}] {m:<13} {size:>5} MiB K={procs} rep {rep}: {}",
-                        if r.ok {
-                            format!(
-                                "total {:.0} ms, tick gap {:.0} ms, frozen {:.0} ms, {:.1} MB",
-                                r.total_ms.unwrap_or(f64::NAN),
-                                r.tick_gap_ms.unwrap_or(f64::NAN),
-                                r.frozen_ms.unwrap_or(f64::NAN),
-                                r.bytes.unwrap_or(0) as f64 / 1e6
-                            )
-                        } else {
-                            format!("FAILED: {}", r.error.as_deref().unwrap_or("?"))
-                        }
-                    );
-                    f.runs.push(r);
-                }
+    let steps = plan::plan(&cli.sizes, &cli.procs, cli.reps, &cli.methods, &calibrate);
+    let total = steps.len();
+    for (i, step) in steps.iter().enumerate() {
+        let (m, size, procs, rep) = (&step.method, step.size_mib, step.procs, step.rep);
+        let spec = Spec {
+            size_mib: size,
+            procs,
+            rep,
+        };
+        let r = match (Approach::of_method(m), m.as_str()) {
+            (Some(a), _) => methods::ums(&mut ctx, &spec, a),
+            (None, STOP_AND_COPY) => methods::baseline(&mut ctx, &spec, false),
+            (None, _) => methods::baseline(&mut ctx, &spec, true),
+        };
+        eprintln!(
+            "ums-bench: [{}/{total}] {m:<13} {size:>5} MiB K={procs} rep {rep}: {}",
+            i + 1,
+            if r.ok {
+                format!(
+                    "total {:.0} ms, tick gap {:.0} ms, frozen {:.0} ms, {:.1} MB",
+                    r.total_ms.unwrap_or(f64::NAN),
+                    r.tick_gap_ms.unwrap_or(f64::NAN),
+                    r.frozen_ms.unwrap_or(f64::NAN),
+                    r.bytes.unwrap_or(0) as f64 / 1e6
+                )
+            } else {
+                format!("FAILED: {}", r.error.as_deref().unwrap_or("?"))
             }
-        }
+        );
+        f.runs.push(r);
     }
     if let Some(s) = ctx.ssh.take() {
         s.stop();

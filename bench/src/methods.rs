@@ -1,4 +1,5 @@
-//! The three methods, each migrating one memhog service from system a to system b.
+//! The methods (UMS container-level with or without post-copy, UMS orchestrator-level, and the
+//! two runc + CRIU baselines), each migrating one memhog service from system a to system b.
 
 use std::fs;
 use std::io::Read;
@@ -144,27 +145,41 @@ fn coordinator_cpu(ctx: &Ctx) -> f64 {
 }
 
 /// How `ums migrate` moves the service: which runtime the container is created with and
-/// which approach is asked for.
+/// which flags are asked for. Everything else is the same code path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approach {
     /// Container-level (the ums shim, `io.containerd.ums.v1`): the default approach.
     Container,
+    /// Container-level with `--post-copy` (CRIU lazy pages: the service restarts at b before
+    /// its memory has arrived; the pages follow).
+    ContainerPostCopy,
     /// Orchestrator-level: a plain runc container (`io.containerd.runc.v2`),
     /// `--approach orchestrator`.
     Orchestrator,
 }
 
 impl Approach {
+    /// The approach of a UMS method name (None for the baselines).
+    pub fn of_method(m: &str) -> Option<Approach> {
+        match m {
+            crate::record::UMS => Some(Approach::Container),
+            crate::record::UMS_POSTCOPY => Some(Approach::ContainerPostCopy),
+            crate::record::ORCHESTRATOR => Some(Approach::Orchestrator),
+            _ => None,
+        }
+    }
+
     fn method(self) -> &'static str {
         match self {
             Approach::Container => crate::record::UMS,
+            Approach::ContainerPostCopy => crate::record::UMS_POSTCOPY,
             Approach::Orchestrator => crate::record::ORCHESTRATOR,
         }
     }
 
     fn runtime(self) -> &'static str {
         match self {
-            Approach::Container => "io.containerd.ums.v1",
+            Approach::Container | Approach::ContainerPostCopy => "io.containerd.ums.v1",
             Approach::Orchestrator => "io.containerd.runc.v2",
         }
     }
@@ -172,26 +187,97 @@ impl Approach {
     fn migrate_args(self) -> &'static [&'static str] {
         match self {
             Approach::Container => &[],
+            Approach::ContainerPostCopy => &["--post-copy"],
             Approach::Orchestrator => &["--approach", "orchestrator"],
         }
     }
+
+    /// The flag of `ums migrate` this approach needs beyond the default one, and what it is.
+    pub fn needs_flag(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Approach::Container => None,
+            Approach::ContainerPostCopy => Some(("--post-copy", "post-copy migration")),
+            Approach::Orchestrator => Some(("--approach", "orchestrator-level migration")),
+        }
+    }
+
+    /// Container-level: the ums shim holds the service and drops its clean pages once settled
+    /// (shim/src/resident.rs), so its idle RSS is sampled after that.
+    fn ums_shim(self) -> bool {
+        self != Approach::Orchestrator
+    }
 }
 
-/// Whether `ums migrate` knows `--approach` (orchestrator-level migration): `Err` says why not.
-pub fn orchestrator_available(bin_dir: &Path) -> Result<()> {
+/// Whether `ums migrate` can do this approach (knows its flag): `Err` says why not.
+pub fn approach_available(bin_dir: &Path, approach: Approach) -> Result<()> {
+    let Some((flag, what)) = approach.needs_flag() else {
+        return Ok(());
+    };
     let out = Command::new(bin_dir.join("ums"))
         .args(["migrate", "--help"])
         .output()
         .map_err(|e| format!("{}: {e}", bin_dir.join("ums").display()))?;
     let help = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-    if help.contains("--approach") {
+    if help.contains(flag) {
         Ok(())
     } else {
-        Err(
-            "this `ums migrate` has no --approach (orchestrator-level migration not built in)"
-                .into(),
-        )
+        Err(format!(
+            "this `ums migrate` has no {flag} ({what} not built in)"
+        ))
     }
+}
+
+/// The shim drops its clean file pages 1 s after a Start (shim/src/resident.rs, SETTLE): the
+/// idle figure is sampled no earlier than this after the task started...
+pub const IDLE_MIN_AGE: Duration = Duration::from_secs(2);
+/// ...once its VmRSS did not fall between two samples this far apart...
+pub const IDLE_STEP: Duration = Duration::from_millis(200);
+/// ...or at this age at the latest (the last sample is taken then, whatever it is).
+pub const IDLE_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Decides when the source shim's VmRSS is its idle figure, from samples taken every
+/// [`IDLE_STEP`] after the task started. Waiting for the age alone could sample a drop still
+/// in progress, and "not falling" alone would accept the plateau before the drop.
+#[derive(Debug, Default)]
+pub struct IdleSettle {
+    prev_kib: Option<u64>,
+}
+
+impl IdleSettle {
+    /// Feeds one VmRSS sample taken `age` after the task started: true when it is the idle
+    /// figure (old enough and not below the sample before it, or [`IDLE_MAX_AGE`] reached).
+    pub fn settled(&mut self, age: Duration, rss_kib: u64) -> bool {
+        let steady = self.prev_kib.is_some_and(|p| rss_kib >= p);
+        self.prev_kib = Some(rss_kib);
+        (age >= IDLE_MIN_AGE && steady) || age >= IDLE_MAX_AGE
+    }
+}
+
+/// VmRSS / RssAnon (KiB) of a's shim of the service and when they were read (ms after the
+/// task started). Container-level: waits until the shim has settled ([`IdleSettle`]);
+/// otherwise reads them at once. None when the shim is not found.
+fn idle_shim(ctx: &Ctx, name: &str, task_started: Instant, settle: bool) -> Option<IdleShim> {
+    let matcher = ums_matcher(name, &ctx.testbed_dir);
+    let pid = sys::find_pid(&matcher, "shim-a")?;
+    let mut s = IdleSettle::default();
+    loop {
+        let age = task_started.elapsed();
+        let rss = sys::proc_status_kib(pid, "VmRSS:")?;
+        if !settle || s.settled(age, rss) {
+            return Some(IdleShim {
+                rss_kib: rss,
+                anon_kib: sys::proc_status_kib(pid, "RssAnon:"),
+                after_ms: age.as_secs_f64() * 1e3,
+            });
+        }
+        std::thread::sleep(IDLE_STEP);
+    }
+}
+
+struct IdleShim {
+    rss_kib: u64,
+    anon_kib: Option<u64>,
+    after_ms: f64,
 }
 
 pub fn ums(ctx: &mut Ctx, spec: &Spec, approach: Approach) -> RunRecord {
@@ -240,6 +326,8 @@ fn ums_inner(
     .stderr(fs::File::create(&err).map_err(|e| e.to_string())?);
     // stdin /dev/null and stdout/stderr to a file: the detached task inherits ctr's stdio.
     run(&mut c).map_err(|e| format!("{e}: {}", fs::read_to_string(&err).unwrap_or_default()))?;
+    // `ctr run -d` returns once the task is started
+    let task_started = Instant::now();
     let _ = fs::remove_file(&err);
     let pid = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
         task_pid(&ctx.ctr_a, name)
@@ -247,6 +335,11 @@ fn ums_inner(
     .ok_or("no pid for the service on a")?;
     let ticks_a = PathBuf::from(format!("/proc/{pid}/root/tmp/ticks"));
     wait_ticks(&ticks_a, 0, 3, Duration::from_secs(180))?;
+    if let Some(idle) = idle_shim(ctx, name, task_started, approach.ums_shim()) {
+        r.shim_idle_rss_kib = Some(idle.rss_kib);
+        r.shim_idle_anon_kib = idle.anon_kib;
+        r.shim_idle_after_ms = Some(idle.after_ms);
+    }
 
     let sampler = Sampler::start(
         ums_matcher(name, &ctx.testbed_dir),
@@ -290,8 +383,11 @@ fn ums_inner(
     r.frozen_ms = f("frozen_ms");
     r.downtime_ms = f("downtime_ms");
     r.bytes = j.get("bytes").and_then(|v| v.as_u64());
-    let xfer =
-        r.phases_ms.get("checkpoint").unwrap_or(&0.0) + r.phases_ms.get("transfer").unwrap_or(&0.0);
+    // post-copy: the pages move after the restore too
+    let xfer = ["checkpoint", "transfer", "post_copy"]
+        .iter()
+        .filter_map(|p| r.phases_ms.get(*p))
+        .sum::<f64>();
     if let (Some(b), true) = (r.bytes, xfer > 0.0) {
         r.throughput_mb_s = Some(b as f64 / 1e6 / (xfer / 1e3));
     }
@@ -300,17 +396,15 @@ fn ums_inner(
     r.shim_src_hwm_kib = sys::peak_kib(&samples, "shim-a");
     r.shim_dst_hwm_kib = sys::peak_kib(&samples, "shim-b");
     r.criu_hwm_kib = sys::peak_kib(&samples, "criu");
-    r.shim_idle_rss_kib = samples
-        .values()
-        .filter(|p| p.label == "shim-a" && p.existed_at_start)
-        .filter_map(|p| p.first_rss_kib)
-        .max();
-    r.shim_idle_anon_kib = samples
-        .values()
-        .filter(|p| p.label == "shim-a" && p.existed_at_start)
-        .filter_map(|p| p.first_anon_kib)
-        .max();
+    let post_copy = j.get("post_copy").and_then(|v| v.as_bool()) == Some(true);
     r.extra = Some(j);
+    if post_copy != (approach == Approach::ContainerPostCopy) {
+        // the figures would be filed under the wrong method
+        return Err(format!(
+            "ums migrate {:?} reported post_copy: {post_copy}",
+            approach.migrate_args()
+        ));
+    }
 
     let pid_b = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
         task_pid(&ctx.ctr_b, name)
@@ -794,4 +888,88 @@ fn baseline_inner(
     }
     let _ = &_pipes_b.out;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Duration {
+        Duration::from_millis(x)
+    }
+
+    #[test]
+    fn idle_waits_for_the_drop_and_a_steady_sample() {
+        // the shim as seen from 0.2 s: steady at 8.6 MiB, drops ~1 s after the start
+        let mut s = IdleSettle::default();
+        let seen: Vec<bool> = [
+            (200, 8800),
+            (400, 8800),
+            (600, 8800),
+            (800, 8800),
+            (1000, 8800),
+            (1200, 6000),
+            (1400, 4400),
+            (1600, 4400),
+            (1800, 4400),
+            (2000, 4400),
+        ]
+        .iter()
+        .map(|&(t, kib)| s.settled(ms(t), kib))
+        .collect();
+        // a steady RSS before 2 s is not the idle figure (the plateau before the drop)
+        assert_eq!(seen.iter().position(|&x| x), Some(9));
+    }
+
+    #[test]
+    fn idle_after_2_s_needs_two_samples_not_falling() {
+        // first seen late (a 1024 MiB memhog fills for seconds): one more sample
+        let mut s = IdleSettle::default();
+        assert!(!s.settled(ms(3000), 4400));
+        assert!(s.settled(ms(3200), 4400));
+        // still falling at 2 s: waits until it stops
+        let mut s = IdleSettle::default();
+        assert!(!s.settled(ms(2000), 6000));
+        assert!(!s.settled(ms(2200), 5000));
+        assert!(s.settled(ms(2400), 5000));
+        // growing is not falling
+        let mut s = IdleSettle::default();
+        assert!(!s.settled(ms(2000), 4400));
+        assert!(s.settled(ms(2200), 4404));
+    }
+
+    #[test]
+    fn idle_bounded() {
+        let mut s = IdleSettle::default();
+        let mut kib = 9000;
+        let mut t = 2000;
+        while !s.settled(ms(t), kib) {
+            kib -= 100;
+            t += 200;
+        }
+        assert_eq!(t, 5000);
+    }
+
+    #[test]
+    fn approaches_differ_only_in_flags_and_names() {
+        let pc = Approach::of_method("ums-postcopy").unwrap();
+        let c = Approach::of_method("ums").unwrap();
+        assert_eq!(pc.runtime(), c.runtime());
+        assert_eq!(c.migrate_args(), &[] as &[&str]);
+        assert_eq!(pc.migrate_args(), &["--post-copy"]);
+        assert_eq!(pc.method(), crate::record::UMS_POSTCOPY);
+        assert!(pc.ums_shim() && c.ums_shim());
+        let o = Approach::of_method("orchestrator").unwrap();
+        assert!(!o.ums_shim());
+        assert_eq!(o.needs_flag().map(|x| x.0), Some("--approach"));
+        assert_eq!(pc.needs_flag().map(|x| x.0), Some("--post-copy"));
+        assert_eq!(c.needs_flag(), None);
+        for m in crate::record::METHODS {
+            assert_eq!(
+                Approach::of_method(m).is_some(),
+                crate::record::UMS_METHODS.contains(m),
+                "{m}"
+            );
+        }
+    }
 }

@@ -9,34 +9,44 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::record::{METHODS, PHASES};
+use crate::record::{METHODS, ORCHESTRATOR, PAGE_SERVER, PHASES, STOP_AND_COPY, UMS, UMS_POSTCOPY};
 use crate::report::{find, summarize_runs, BenchFile, Group};
 
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
+/// One per entry of PHASES.
 const PHASE_COLORS: &[RGBColor] = &[
     RGBColor(0x9e, 0x9e, 0x9e),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0x94, 0x67, 0xbd),
-];
-const METHOD_COLORS: &[RGBColor] = &[
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x17, 0xbe, 0xcf),
     RGBColor(0x94, 0x67, 0xbd),
 ];
 
-fn short(m: &str) -> &str {
+/// A method's colour in the line plots (fixed per method, whichever ran).
+fn color_of(m: &str) -> RGBColor {
     match m {
-        "ums" => "UMS",
-        "stop-and-copy" => "S&C",
-        "page-server" => "PS",
-        "orchestrator" => "ORCH",
-        x => x,
+        UMS => RGBColor(0xd6, 0x27, 0x28),
+        UMS_POSTCOPY => RGBColor(0x8c, 0x56, 0x4b),
+        STOP_AND_COPY => RGBColor(0x1f, 0x77, 0xb4),
+        PAGE_SERVER => RGBColor(0x2c, 0xa0, 0x2c),
+        ORCHESTRATOR => RGBColor(0x94, 0x67, 0xbd),
+        _ => BLACK,
+    }
+}
+
+/// A method's label above its bar, and what it stands for.
+fn short(m: &str) -> (&str, &str) {
+    match m {
+        UMS => ("UMS", "UMS container-level"),
+        UMS_POSTCOPY => ("UMS-PC", "UMS post-copy"),
+        STOP_AND_COPY => ("S&C", "stop-and-copy (rsync)"),
+        PAGE_SERVER => ("PS", "CRIU page-server"),
+        ORCHESTRATOR => ("ORCH", "UMS orchestrator-level"),
+        x => (x, x),
     }
 }
 
@@ -69,12 +79,30 @@ fn methods_of(f: &BenchFile) -> Vec<&str> {
         .collect()
 }
 
-fn color_of(m: &str) -> RGBColor {
-    METHOD_COLORS[METHODS.iter().position(|x| *x == m).unwrap_or(0) % METHOD_COLORS.len()]
+/// The sizes asked for and those that ran (the 0 MiB calibration), in order.
+fn sizes_of(f: &BenchFile) -> Vec<u64> {
+    let mut v: Vec<u64> = f
+        .sizes_mib
+        .iter()
+        .copied()
+        .chain(f.runs.iter().map(|r| r.size_mib))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Axis labels at whole numbers only (sizes, process counts, ms).
+fn whole(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
 }
 
 fn phases(f: &BenchFile, g: &[Group], procs: u64, path: &Path) -> R<()> {
-    let sizes = &f.sizes_mib;
+    let sizes = &sizes_of(f);
     let ms = methods_of(f);
     let ymax = g
         .iter()
@@ -87,7 +115,19 @@ fn phases(f: &BenchFile, g: &[Group], procs: u64, path: &Path) -> R<()> {
         })
         .fold(1.0, f64::max)
         * 1.15;
-    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    let legend = ms
+        .iter()
+        .map(|m| {
+            let (a, b) = short(m);
+            format!("{a} = {b}")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    // room for every bar's label and for the legend under the axis
+    let width = (sizes.len() * ms.len() * 55 + 200)
+        .max(legend.len() * 7 + 300)
+        .max(1000) as u32;
+    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let n = sizes.len() as f64;
     let mut chart = ChartBuilder::on(&root)
@@ -114,8 +154,9 @@ fn phases(f: &BenchFile, g: &[Group], procs: u64, path: &Path) -> R<()> {
                 String::new()
             }
         })
+        .y_label_formatter(&whole)
         .y_desc("ms")
-        .x_desc("memory size; bars: UMS | S&C = stop-and-copy (rsync) | PS = CRIU page-server")
+        .x_desc(format!("memory size; bars: {legend}"))
         .label_style(("sans-serif", 14))
         .draw()?;
     let w = 0.8 / ms.len().max(1) as f64;
@@ -157,7 +198,7 @@ fn phases(f: &BenchFile, g: &[Group], procs: u64, path: &Path) -> R<()> {
                 .sum();
             let x0 = si as f64 - 0.4 + mi as f64 * w + w * 0.2;
             labels.push(Text::new(
-                short(m).to_string(),
+                short(m).0.to_string(),
                 (x0, top + ymax * 0.01),
                 ("sans-serif", 13).into_font().color(&BLACK),
             ));
@@ -220,6 +261,8 @@ fn lines(
         .build_cartesian_2d((xmin - pad)..(xmax + pad), 0f64..ymax)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&whole)
+        .y_label_formatter(&whole)
         .x_desc(x_desc)
         .y_desc("downtime, ms (largest tick gap)")
         .label_style(("sans-serif", 14))
@@ -272,7 +315,8 @@ fn gap(g: &[Group], m: &str, size: u64, procs: u64) -> Option<(f64, f64, f64)> {
     Some((s.min, s.median, s.max))
 }
 
-/// Writes the three plots next to the result file; returns their paths.
+/// Writes the plots next to the result file (downtime vs processes only with more than one
+/// K); returns their paths.
 pub fn render_all(f: &BenchFile, out: &Path) -> Result<Vec<PathBuf>, String> {
     load_font()?;
     let g = summarize_runs(&f.runs);
@@ -295,13 +339,17 @@ pub fn render_all(f: &BenchFile, out: &Path) -> Result<Vec<PathBuf>, String> {
         &p,
         &format!("Downtime vs memory size, K={k1}, link {}", rate_label(f)),
         "memory size, MiB",
-        &f.sizes_mib,
+        &sizes_of(f),
         &|m, s| gap(&g, m, s, k1),
         raw.map(|_| &wire as &dyn Fn(f64) -> f64),
     )
     .map_err(|e| e.to_string())?;
     done.push(p);
 
+    // one K is a single point per method: no plot
+    if f.procs.len() < 2 {
+        return Ok(done);
+    }
     let size = f.sizes_mib.iter().copied().max().unwrap_or(0);
     let p = out.join(format!("downtime_vs_procs{suffix}.png"));
     lines(

@@ -5,17 +5,27 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const UMS: &str = "ums";
+/// UMS container-level with post-copy: `ums migrate --post-copy` (CRIU lazy pages: the service
+/// runs at the destination before its memory has arrived; the pages follow).
+pub const UMS_POSTCOPY: &str = "ums-postcopy";
 pub const STOP_AND_COPY: &str = "stop-and-copy";
 pub const PAGE_SERVER: &str = "page-server";
 /// UMS orchestrator-level: `ums migrate --approach orchestrator` of a plain runc container.
 pub const ORCHESTRATOR: &str = "orchestrator";
-pub const METHODS: &[&str] = &[UMS, STOP_AND_COPY, PAGE_SERVER, ORCHESTRATOR];
+/// Every method, in the order of the tables.
+pub const METHODS: &[&str] = &[UMS, UMS_POSTCOPY, STOP_AND_COPY, PAGE_SERVER, ORCHESTRATOR];
+/// The UMS methods (the ratio table has a row for each against the baselines).
+pub const UMS_METHODS: &[&str] = &[UMS, UMS_POSTCOPY, ORCHESTRATOR];
+/// The container-level UMS methods: the ones issue 4's targets are about (and the idle shim,
+/// ours; orchestrator-level runs under runc's shim).
+pub const CONTAINER_LEVEL: &[&str] = &[UMS, UMS_POSTCOPY];
 /// The phases in the order they happen (the stacked bars).
 pub const PHASES: &[&str] = &[
     "pre_migration",
     "checkpoint",
     "transfer",
     "restore",
+    "post_copy",
     "post_migration",
 ];
 
@@ -30,7 +40,8 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// Realtime (ns since the epoch) of the migration request.
     pub started_at_ns: u64,
-    /// pre_migration, checkpoint, transfer, restore, post_migration (ms).
+    /// pre_migration, checkpoint, transfer, restore, post_copy (ums-postcopy: the restore's end to
+    /// the last page in), post_migration (ms).
     pub phases_ms: BTreeMap<String, f64>,
     /// Request to done, as measured by the method (ums: its total_ms; baselines: the harness).
     pub total_ms: Option<f64>,
@@ -50,10 +61,14 @@ pub struct RunRecord {
     /// Peak RSS (VmHWM, KiB) of the source and destination shims (ums only) and of CRIU.
     pub shim_src_hwm_kib: Option<u64>,
     pub shim_dst_hwm_kib: Option<u64>,
-    /// RSS of the source shim before the migration (idle, holding the service).
+    /// RSS of the source shim before the migration (idle, holding the service; container-level
+    /// once settled, see `shim_idle_after_ms`).
     pub shim_idle_rss_kib: Option<u64>,
     /// Its anonymous part (RssAnon): what the shim itself allocated.
     pub shim_idle_anon_kib: Option<u64>,
+    /// When the idle RSS was sampled: ms after the task started (`ctr run -d` returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim_idle_after_ms: Option<f64>,
     pub criu_hwm_kib: Option<u64>,
     /// memhog's re-verification of its memory at the destination: "ok", "BAD" or None.
     pub verify: Option<String>,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{RunRecord, METHODS, PHASES};
+use crate::record::{RunRecord, CONTAINER_LEVEL, METHODS, PAGE_SERVER, STOP_AND_COPY, UMS_METHODS};
 use crate::stats::{summarize, Summary};
 
 pub const SCHEMA: &str = "ums-bench/1";
@@ -99,6 +99,7 @@ fn figures_of(r: &RunRecord) -> Vec<(String, f64)> {
     opt("shim_dst_hwm_kib", r.shim_dst_hwm_kib.map(|b| b as f64));
     opt("shim_idle_rss_kib", r.shim_idle_rss_kib.map(|b| b as f64));
     opt("shim_idle_anon_kib", r.shim_idle_anon_kib.map(|b| b as f64));
+    opt("shim_idle_after_ms", r.shim_idle_after_ms);
     opt("criu_hwm_kib", r.criu_hwm_kib.map(|b| b as f64));
     v
 }
@@ -181,7 +182,41 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
-/// The Markdown report: one row per configuration (median (min-max)), then the ratios.
+/// The process count issue 4's targets are stated for.
+pub const TARGET_K: u64 = 1;
+/// The size of the total target (and of the 1024 MiB downtime target).
+pub const TOTAL_TARGET_MIB: u64 = 1024;
+/// The size whose total is the fixed cost in the total target.
+pub const FIXED_COST_MIB: u64 = 0;
+
+/// The methods of `wanted` that were asked for or ran, in that order.
+fn present<'a>(f: &BenchFile, wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|m| f.methods.iter().any(|x| x == m) || f.runs.iter().any(|r| r.method == *m))
+        .collect()
+}
+
+/// The largest max of a figure over the groups of a method (all sizes and K).
+fn max_over(g: &[Group], method: &str, k: &str) -> Option<f64> {
+    g.iter()
+        .filter(|x| x.method == method)
+        .filter_map(|x| x.figures.get(k))
+        .map(|s| s.max)
+        .reduce(f64::max)
+}
+
+fn min_over(g: &[Group], method: &str, k: &str) -> Option<f64> {
+    g.iter()
+        .filter(|x| x.method == method)
+        .filter_map(|x| x.figures.get(k))
+        .map(|s| s.min)
+        .reduce(f64::min)
+}
+
+/// The Markdown report: one row per configuration (median (min-max)), the ratios of each UMS
+/// method to the baselines, and issue 4's targets for each container-level UMS method.
 pub fn markdown(f: &BenchFile) -> String {
     let g = summarize_runs(&f.runs);
     let mut s = String::new();
@@ -201,11 +236,33 @@ pub fn markdown(f: &BenchFile) -> String {
     for n in &f.notes {
         let _ = writeln!(s, "Note: {n}.\n");
     }
-    let _ = writeln!(s, "| K | MiB | method | ok | total ms | tick-gap downtime ms | tool downtime ms | frozen ms (CRIU) | checkpoint ms | transfer ms | restore ms | MB moved | MB/s | CPU s | shim src/dst peak RSS MiB | criu peak RSS MiB |");
-    let _ = writeln!(
-        s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    // the post-copy phase only when some method has it
+    let post_copy = g.iter().any(|x| x.figures.contains_key("phase.post_copy"));
+    let mut head = vec![
+        "K",
+        "MiB",
+        "method",
+        "ok",
+        "total ms",
+        "tick-gap downtime ms",
+        "tool downtime ms",
+        "frozen ms (CRIU)",
+        "checkpoint ms",
+        "transfer ms",
+        "restore ms",
+    ];
+    if post_copy {
+        head.push("post-copy ms");
+    }
+    head.extend([
+        "MB moved",
+        "MB/s",
+        "CPU s",
+        "shim src/dst peak RSS MiB",
+        "criu peak RSS MiB",
+    ]);
+    let _ = writeln!(s, "| {} |", head.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
     for x in &g {
         let fg = |k: &str| x.figures.get(k);
         let mib = |k: &str| fg(k).map(|v| format!("{:.1}", v.median / 1024.0));
@@ -213,14 +270,11 @@ pub fn markdown(f: &BenchFile) -> String {
             (None, None) => "-".to_string(),
             (a, b) => format!("{}/{}", a.unwrap_or("-".into()), b.unwrap_or("-".into())),
         };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            x.procs,
-            x.size_mib,
-            x.method,
-            x.ok,
-            x.runs,
+        let mut row = vec![
+            x.procs.to_string(),
+            x.size_mib.to_string(),
+            x.method.clone(),
+            format!("{}/{}", x.ok, x.runs),
             fmt_s(fg("total_ms"), 1.0, 0),
             fmt_s(fg("tick_gap_ms"), 1.0, 0),
             fmt_s(fg("downtime_ms"), 1.0, 0),
@@ -228,87 +282,106 @@ pub fn markdown(f: &BenchFile) -> String {
             fmt_s(fg("phase.checkpoint"), 1.0, 0),
             fmt_s(fg("phase.transfer"), 1.0, 0),
             fmt_s(fg("phase.restore"), 1.0, 0),
+        ];
+        if post_copy {
+            row.push(fmt_s(fg("phase.post_copy"), 1.0, 0));
+        }
+        row.extend([
             fmt_s(fg("bytes"), 1e-6, 1),
             fmt_s(fg("throughput_mb_s"), 1.0, 0),
             fmt_s(fg("cpu_s"), 1.0, 2),
             shim,
             mib("criu_hwm_kib").unwrap_or("-".into()),
-        );
+        ]);
+        let _ = writeln!(s, "| {} |", row.join(" | "));
     }
     let _ = writeln!(
         s,
-        "\nRatios against the baselines of this run (medians; downtime = tick gap):\n"
+        "\nRatios of each UMS method to the baselines of this run (medians; downtime = tick gap):\n"
     );
-    let _ = writeln!(s, "| K | MiB | UMS/page-server downtime | UMS/stop-and-copy downtime | UMS/page-server total | UMS/stop-and-copy total |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| K | MiB | method | downtime / page-server | downtime / stop-and-copy | total / page-server | total / stop-and-copy |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     let mut confs: Vec<(u64, u64)> = g.iter().map(|x| (x.procs, x.size_mib)).collect();
     confs.dedup();
     for &(p, z) in &confs {
         let m = |meth: &str, k: &str| find(&g, meth, z, p).and_then(|x| x.median(k));
-        let _ = writeln!(
-            s,
-            "| {p} | {z} | {} | {} | {} | {} |",
-            fr(ratio(
-                m("ums", "tick_gap_ms"),
-                m("page-server", "tick_gap_ms")
-            )),
-            fr(ratio(
-                m("ums", "tick_gap_ms"),
-                m("stop-and-copy", "tick_gap_ms")
-            )),
-            fr(ratio(m("ums", "total_ms"), m("page-server", "total_ms"))),
-            fr(ratio(m("ums", "total_ms"), m("stop-and-copy", "total_ms"))),
-        );
+        // e.g. the 0 MiB calibration: nothing to compare with
+        if find(&g, PAGE_SERVER, z, p).is_none() && find(&g, STOP_AND_COPY, z, p).is_none() {
+            continue;
+        }
+        for &u in UMS_METHODS {
+            if find(&g, u, z, p).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {p} | {z} | {u} | {} | {} | {} | {} |",
+                fr(ratio(m(u, "tick_gap_ms"), m(PAGE_SERVER, "tick_gap_ms"))),
+                fr(ratio(m(u, "tick_gap_ms"), m(STOP_AND_COPY, "tick_gap_ms"))),
+                fr(ratio(m(u, "total_ms"), m(PAGE_SERVER, "total_ms"))),
+                fr(ratio(m(u, "total_ms"), m(STOP_AND_COPY, "total_ms"))),
+            );
+        }
     }
-    let _ = writeln!(s, "\nIssue 4's targets (K=1):\n");
-    let m = |meth: &str, z: u64, k: &str| find(&g, meth, z, 1).and_then(|x| x.median(k));
+    let _ = writeln!(
+        s,
+        "\nIssue 4's targets (K={TARGET_K}), for each container-level UMS method:\n"
+    );
+    let m = |meth: &str, z: u64, k: &str| find(&g, meth, z, TARGET_K).and_then(|x| x.median(k));
+    let ums_methods = present(f, CONTAINER_LEVEL);
     let shaped = f.rate != "off";
     if !shaped {
-        let r128 = ratio(
-            m("ums", 128, "tick_gap_ms"),
-            m("page-server", 128, "tick_gap_ms"),
-        );
-        let _ = writeln!(
-            s,
-            "- 128 MiB, unshaped: UMS downtime / page-server = {} (target <= 0.70): {}",
-            fr(r128),
-            verdict(r128.map(|x| x <= 0.7))
-        );
-        let r1g = ratio(
-            m("ums", 1024, "tick_gap_ms"),
-            m("page-server", 1024, "tick_gap_ms"),
-        );
-        let _ = writeln!(
-            s,
-            "- 1024 MiB, unshaped: UMS downtime / page-server = {} (target <= 0.85): {}",
-            fr(r1g),
-            verdict(r1g.map(|x| x <= 0.85))
-        );
-        let bound = match (
-            m("ums", 1024, "bytes"),
-            f.raw_tcp_mb_s,
-            m("ums", 0, "total_ms"),
-        ) {
-            (Some(b), Some(r), Some(fixed)) => Some(b / 1e6 / r * 1e3 + fixed),
-            _ => None,
-        };
-        let rt = ratio(m("ums", 1024, "total_ms"), bound);
-        let _ = writeln!(
-            s,
-            "- 1024 MiB, unshaped: UMS total / (bytes / raw link + 0 MiB total) = {} (target <= 1.30): {}",
-            fr(rt),
-            verdict(rt.map(|x| x <= 1.3))
-        );
+        for (z, limit) in [(128, 0.7), (TOTAL_TARGET_MIB, 0.85)] {
+            for &u in &ums_methods {
+                let r = ratio(m(u, z, "tick_gap_ms"), m(PAGE_SERVER, z, "tick_gap_ms"));
+                let _ = writeln!(
+                    s,
+                    "- {z} MiB, unshaped: {u} downtime / page-server = {} (target <= {limit:.2}): {}",
+                    fr(r),
+                    verdict(r.map(|x| x <= limit))
+                );
+            }
+        }
+        for &u in &ums_methods {
+            let (bytes, fixed) = (
+                m(u, TOTAL_TARGET_MIB, "bytes"),
+                m(u, FIXED_COST_MIB, "total_ms"),
+            );
+            // the 0 MiB total of a run without 0 in its sizes comes from the calibration runs
+            let fixed_from = match (f.sizes_mib.contains(&FIXED_COST_MIB), fixed) {
+                (_, None) => ", no 0 MiB run",
+                (true, Some(_)) => "",
+                (false, Some(_)) => ", 0 MiB from the calibration runs",
+            };
+            let bound = match (bytes, f.raw_tcp_mb_s, fixed) {
+                (Some(b), Some(r), Some(fixed)) => Some(b / 1e6 / r * 1e3 + fixed),
+                _ => None,
+            };
+            let total = m(u, TOTAL_TARGET_MIB, "total_ms");
+            let rt = ratio(total, bound);
+            let _ = writeln!(
+                s,
+                "- {TOTAL_TARGET_MIB} MiB, unshaped: {u} total / (bytes / raw link + {FIXED_COST_MIB} MiB total) = {} / ({} MB / {} MB/s + {} ms{fixed_from}) = {} (target <= 1.30): {}",
+                total.map_or("-".into(), |x| format!("{x:.0}")),
+                bytes.map_or("-".into(), |x| format!("{:.1}", x / 1e6)),
+                f.raw_tcp_mb_s.map_or("-".into(), |x| format!("{x:.0}")),
+                fixed.map_or("-".into(), |x| format!("{x:.0}")),
+                fr(rt),
+                verdict(rt.map(|x| x <= 1.3))
+            );
+        }
     } else {
-        let t = m("ums", 128, "total_ms");
-        let _ = writeln!(
-            s,
-            "- {rate}, 128 MiB: UMS total = {} ms (target <= 1400): {}; {} x faster than the paper's 14.71 s (target >= 10): {}",
-            t.map_or("-".into(), |x| format!("{x:.0}")),
-            verdict(t.map(|x| x <= 1400.0)),
-            fr(t.map(|x| PAPER_128_MS / x)),
-            verdict(t.map(|x| PAPER_128_MS / x >= 10.0))
-        );
+        for &u in &ums_methods {
+            let t = m(u, 128, "total_ms");
+            let _ = writeln!(
+                s,
+                "- {rate}, 128 MiB: {u} total = {} ms (target <= 1400): {}; {} x faster than the paper's 14.71 s (target >= 10): {}",
+                t.map_or("-".into(), |x| format!("{x:.0}")),
+                verdict(t.map(|x| x <= 1400.0)),
+                fr(t.map(|x| PAPER_128_MS / x)),
+                verdict(t.map(|x| PAPER_128_MS / x >= 10.0))
+            );
+        }
     }
     let tp = ratio(f.criu_sync_mb_s, f.raw_tcp_mb_s);
     let _ = writeln!(
@@ -321,25 +394,30 @@ pub fn markdown(f: &BenchFile) -> String {
         f.link.criu_sync_mb_s.len(),
         verdict(tp.map(|x| x >= 0.9))
     );
-    let idle = g
-        .iter()
-        .filter(|x| x.method == "ums")
-        .filter_map(|x| x.figures.get("shim_idle_rss_kib"))
-        .map(|s| s.max)
-        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-    let anon = g
-        .iter()
-        .filter(|x| x.method == "ums")
-        .filter_map(|x| x.figures.get("shim_idle_anon_kib"))
-        .map(|s| s.max)
-        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-    let _ = writeln!(
-        s,
-        "- idle shim RSS (source shim before the migration, max over runs) = {} MiB, of which anonymous {} MiB (target <= 5 MiB RSS): {}",
-        idle.map_or("-".into(), |x| format!("{:.1}", x / 1024.0)),
-        anon.map_or("-".into(), |x| format!("{:.1}", x / 1024.0)),
-        verdict(idle.map(|x| x / 1024.0 <= 5.0))
-    );
+    for &u in &ums_methods {
+        let idle = max_over(&g, u, "shim_idle_rss_kib");
+        let anon = max_over(&g, u, "shim_idle_anon_kib");
+        let when = match (
+            min_over(&g, u, "shim_idle_after_ms"),
+            max_over(&g, u, "shim_idle_after_ms"),
+        ) {
+            (Some(a), Some(b)) if (b - a) < 50.0 => {
+                format!("{:.1} s after the task started", a / 1e3)
+            }
+            (Some(a), Some(b)) => {
+                format!("{:.1}-{:.1} s after the task started", a / 1e3, b / 1e3)
+            }
+            // result files written before the time was recorded
+            _ => "when the migration started".into(),
+        };
+        let _ = writeln!(
+            s,
+            "- idle shim RSS, {u}: {when} (source shim, max over runs) = {} MiB, of which anonymous {} MiB (target <= 5 MiB RSS): {}",
+            idle.map_or("-".into(), |x| format!("{:.1}", x / 1024.0)),
+            anon.map_or("-".into(), |x| format!("{:.1}", x / 1024.0)),
+            verdict(idle.map(|x| x / 1024.0 <= 5.0))
+        );
+    }
     let fails: Vec<&RunRecord> = f.runs.iter().filter(|r| !r.ok).collect();
     if !fails.is_empty() {
         let _ = writeln!(s, "\nFailed runs:\n");
@@ -355,7 +433,6 @@ pub fn markdown(f: &BenchFile) -> String {
             );
         }
     }
-    let _ = PHASES;
     s
 }
 
@@ -407,18 +484,223 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 1 | 128 | 0.50 | 0.25 | 0.72 | 0.38 |"),
+            md.contains("| 1 | 128 | ums | 0.50 | 0.25 | 0.72 | 0.38 |"),
             "{md}"
         );
         assert!(
-            md.contains("UMS downtime / page-server = 0.50 (target <= 0.70): met"),
+            md.contains(
+                "- 128 MiB, unshaped: ums downtime / page-server = 0.50 (target <= 0.70): met"
+            ),
             "{md}"
         );
+        // no post-copy run: no post-copy column, no line for ums-postcopy
+        assert!(!md.contains("post-copy ms"), "{md}");
+        assert!(!md.contains("ums-postcopy"), "{md}");
         assert!(
             md.contains("criu-sync throughput / raw TCP = 1900 / 2000 MB/s = 0.95 (target >= 0.90; the criu-sync binary streaming a complete 512 MiB"),
             "{md}"
         );
         assert!(md.contains("of 3 alternated probes): met"), "{md}");
         assert!(md.contains("Failed runs"));
+    }
+
+    /// A run of the issue's command (`--sizes 128,1024`, so with the 0 MiB calibration of the
+    /// container-level methods) with all five methods; figures made up.
+    fn issue_run() -> BenchFile {
+        let mut runs = Vec::new();
+        let mut add = |m: &str, size: u64, gap: f64, total: f64, post_copy: Option<f64>| {
+            for rep in 0..3 {
+                let mut r = rec(m, size, gap + rep as f64, total + rep as f64, true);
+                r.rep = rep;
+                r.bytes = Some(size * 1_048_576 + 2_000_000);
+                if let Some(pc) = post_copy {
+                    r.phase("post_copy", pc);
+                }
+                if m == "ums" || m == "ums-postcopy" {
+                    r.shim_idle_rss_kib = Some(4400 + rep as u64 * 10);
+                    r.shim_idle_anon_kib = Some(1380);
+                    r.shim_idle_after_ms = Some(2000.0 + 200.0 * rep as f64);
+                }
+                runs.push(r);
+            }
+        };
+        add("ums", 0, 150.0, 300.0, None);
+        add("ums-postcopy", 0, 160.0, 320.0, Some(5.0));
+        for (z, k) in [(128, 1.0), (1024, 8.0)] {
+            add("ums", z, 400.0 * k, 600.0 * k, None);
+            add("ums-postcopy", z, 200.0 * k, 700.0 * k, Some(300.0 * k));
+            add("orchestrator", z, 500.0 * k, 650.0 * k, None);
+            add("page-server", z, 800.0 * k, 900.0 * k, None);
+            add("stop-and-copy", z, 1000.0 * k, 1100.0 * k, None);
+        }
+        BenchFile {
+            rate: "off".into(),
+            reps: 3,
+            sizes_mib: vec![128, 1024],
+            procs: vec![1],
+            methods: [
+                "ums",
+                "ums-postcopy",
+                "orchestrator",
+                "stop-and-copy",
+                "page-server",
+            ]
+            .map(String::from)
+            .to_vec(),
+            raw_tcp_mb_s: Some(2000.0),
+            criu_sync_mb_s: Some(1900.0),
+            runs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_ums_method_against_the_baselines() {
+        let f = issue_run();
+        let md = markdown(&f);
+        // the table: the calibration rows, ums-postcopy after ums, a post-copy column
+        assert!(
+            md.contains("| restore ms | post-copy ms | MB moved |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | 0 | ums | 3/3 | 301 (300-302) | 151 (150-152) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1 | 0 | ums-postcopy | 3/3 |"), "{md}");
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("| 1 | 128 |"))
+            .map(|l| l.split(" | ").nth(2).unwrap())
+            .collect();
+        assert_eq!(
+            rows[..5],
+            [
+                "ums",
+                "ums-postcopy",
+                "stop-and-copy",
+                "page-server",
+                "orchestrator"
+            ]
+        );
+        // ums-postcopy's post-copy phase, ums without one
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with("| 1 | 1024 | ums-postcopy |")
+                    && l.contains("| - | - | 2400 | 1075.7 |")),
+            "{md}"
+        );
+        // ratios: one row per UMS method and size, the calibration rows without baselines
+        for row in [
+            "| 1 | 128 | ums | 0.50 | 0.40 | 0.67 | 0.55 |",
+            "| 1 | 128 | ums-postcopy | 0.25 | 0.20 | 0.78 | 0.64 |",
+            "| 1 | 128 | orchestrator | 0.63 | 0.50 | 0.72 | 0.59 |",
+            "| 1 | 1024 | ums-postcopy | 0.25 | 0.20 | 0.78 | 0.64 |",
+        ] {
+            assert!(md.contains(row), "{row}\n{md}");
+        }
+        // no baseline at 0 MiB (calibration only): no ratio row
+        assert!(!md.contains("| 1 | 0 | ums | - |"), "{md}");
+        // the targets, labelled by method, for both container-level methods (not orchestrator)
+        for line in [
+            "- 128 MiB, unshaped: ums downtime / page-server = 0.50 (target <= 0.70): met",
+            "- 128 MiB, unshaped: ums-postcopy downtime / page-server = 0.25 (target <= 0.70): met",
+            "- 1024 MiB, unshaped: ums downtime / page-server = 0.50 (target <= 0.85): met",
+            "- 1024 MiB, unshaped: ums-postcopy downtime / page-server = 0.25 (target <= 0.85): met",
+            // 4801 / (1075.7 MB / 2000 MB/s * 1e3 + 301) = 4801 / 838.9
+            "- 1024 MiB, unshaped: ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + 301 ms, 0 MiB from the calibration runs) = 5.72 (target <= 1.30): MISSED",
+            "- 1024 MiB, unshaped: ums-postcopy total / (bytes / raw link + 0 MiB total) = 5601 / (1075.7 MB / 2000 MB/s + 321 ms, 0 MiB from the calibration runs) = 6.52 (target <= 1.30): MISSED",
+            "- idle shim RSS, ums: 2.0-2.4 s after the task started (source shim, max over runs) = 4.3 MiB, of which anonymous 1.3 MiB (target <= 5 MiB RSS): met",
+            "- idle shim RSS, ums-postcopy: 2.0-2.4 s after the task started",
+        ] {
+            assert!(md.contains(line), "{line}\n{md}");
+        }
+        assert!(!md.contains("orchestrator downtime /"), "{md}");
+        assert!(!md.contains("idle shim RSS, orchestrator"), "{md}");
+        assert!(!md.contains("n/a"), "{md}");
+
+        // re-read from the JSON: the same report
+        let json = serde_json::to_vec(&f).unwrap();
+        let back: BenchFile = serde_json::from_slice(&json).unwrap();
+        assert_eq!(markdown(&back), md);
+    }
+
+    #[test]
+    fn total_target_without_a_0_mib_run_is_not_computed() {
+        let mut f = issue_run();
+        f.runs.retain(|r| r.size_mib != 0);
+        let md = markdown(&f);
+        assert!(
+            md.contains("ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + - ms, no 0 MiB run) = - (target <= 1.30): n/a"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn total_target_with_0_mib_asked_for() {
+        let mut f = issue_run();
+        f.sizes_mib = vec![0, 128, 1024];
+        let md = markdown(&f);
+        assert!(
+            md.contains("ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + 301 ms) = 5.72 (target <= 1.30): MISSED"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn shaped_targets_for_each_container_level_method() {
+        let mut f = issue_run();
+        f.rate = "1gbit".into();
+        f.runs.retain(|r| r.size_mib == 128);
+        let md = markdown(&f);
+        for line in [
+            "- 1gbit, 128 MiB: ums total = 601 ms (target <= 1400): met; 24.48 x faster than the paper's 14.71 s (target >= 10): met",
+            "- 1gbit, 128 MiB: ums-postcopy total = 701 ms (target <= 1400): met",
+        ] {
+            assert!(md.contains(line), "{line}\n{md}");
+        }
+        assert!(!md.contains("unshaped:"), "{md}");
+    }
+
+    #[test]
+    fn several_k() {
+        let mut runs = Vec::new();
+        for k in [1, 2, 4, 8] {
+            for (m, gap) in [("ums", 100.0), ("page-server", 200.0)] {
+                let mut r = rec(m, 128, gap * k as f64, 2.0 * gap * k as f64, true);
+                r.procs = k;
+                runs.push(r);
+            }
+        }
+        let f = BenchFile {
+            rate: "off".into(),
+            reps: 1,
+            sizes_mib: vec![128],
+            procs: vec![1, 2, 4, 8],
+            methods: vec!["ums".into(), "page-server".into()],
+            runs,
+            ..Default::default()
+        };
+        let md = markdown(&f);
+        for k in [1, 2, 4, 8] {
+            assert!(
+                md.contains(&format!(
+                    "| {k} | 128 | ums | 1/1 | {} | {} |",
+                    200 * k,
+                    100 * k
+                )),
+                "K={k}\n{md}"
+            );
+            assert!(
+                md.contains(&format!("| {k} | 128 | ums | 0.50 | - | 0.50 | - |")),
+                "{md}"
+            );
+        }
+        // the targets are K=1's
+        assert!(md.contains("Issue 4's targets (K=1)"), "{md}");
+        assert!(
+            md.contains("- 128 MiB, unshaped: ums downtime / page-server = 0.50"),
+            "{md}"
+        );
     }
 }

@@ -142,8 +142,6 @@ pub struct ProcSample {
     pub label: String,
     /// Present when the sampler started (its CPU before the window is subtracted).
     pub existed_at_start: bool,
-    pub first_rss_kib: Option<u64>,
-    pub first_anon_kib: Option<u64>,
     pub hwm_kib: u64,
     pub cpu_first_s: f64,
     pub cpu_last_s: f64,
@@ -196,8 +194,6 @@ impl Sampler {
                     let e = seen.entry(pid).or_insert_with(|| ProcSample {
                         label,
                         existed_at_start: first,
-                        first_rss_kib: proc_status_kib(pid, "VmRSS:"),
-                        first_anon_kib: proc_status_kib(pid, "RssAnon:"),
                         cpu_first_s: cpu,
                         ..Default::default()
                     });
@@ -219,6 +215,17 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_default()
     }
+}
+
+/// The first process (lowest pid) the matcher gives this label.
+pub fn find_pid(matcher: &Matcher, label: &str) -> Option<i32> {
+    let mut ps = pids();
+    ps.sort_unstable();
+    ps.into_iter().find(|&pid| {
+        comm(pid).is_some_and(|c| {
+            matcher(pid, &c, &cmdline(pid).unwrap_or_default()).as_deref() == Some(label)
+        })
+    })
 }
 
 /// Peak VmHWM (KiB) over the processes with this label.
@@ -262,4 +269,19 @@ pub fn dir_bytes(p: &std::path::Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_pid_by_label() {
+        let me = std::process::id() as i32;
+        let m: Matcher =
+            Box::new(move |pid, _comm, cl| (pid == me && !cl.is_empty()).then(|| "me".to_string()));
+        assert_eq!(find_pid(&m, "me"), Some(me));
+        assert_eq!(find_pid(&m, "other"), None);
+        assert!(proc_status_kib(me, "VmRSS:").is_some_and(|k| k > 0));
+    }
 }
