@@ -29,7 +29,7 @@ RUN echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] htt
  && mkdir -p /var/cache/ums/criu-src/build \
  && tar -xf /tmp/criu.orig.tar.xz -C /var/cache/ums/criu-src/build --strip-components=1 \
  && epoch=$(find /var/cache/ums/criu-src/build -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1) \
- && SOURCE_DATE_EPOCH=$epoch make -C /var/cache/ums/criu-src/build -j"$(nproc)" criu >/dev/null
+ && SOURCE_DATE_EPOCH=$epoch make -C /var/cache/ums/criu-src/build -j"$(nproc)" RUNDIR=/run/criu criu >/dev/null
 
 FROM ${DEBIAN}
 ARG APT_OPTS

@@ -3,7 +3,8 @@
 # each step checks its result first and does nothing when it is already there.
 #   - containerd 1.6, runc, iptables, busybox-static, CNI plugins, iproute2 (bookworm)
 #   - containerd 2.1.x from Debian sid, unpacked into $UMS_CONTAINERD2_PREFIX (not on PATH)
-#   - CRIU >= 4.1 built from Debian's newer source package when `criu check` fails
+#   - CRIU >= 4.1 built from Debian's newer source package when `criu check` fails (or the
+#     CRIU found keeps no kerndat cache in $CRIU_RUNDIR), and $CRIU_RUNDIR kept on a tmpfs
 #   - fs.pipe-max-size raised for CRIU
 #   - debootstrap and buildah (the outer image's build and its Dockerfile check)
 set -euo pipefail
@@ -90,11 +91,26 @@ install_containerd2() {
   log "containerd 2.x: $("$UMS_CONTAINERD2_PREFIX/usr/bin/containerd" --version)"
 }
 
-criu_ok() { command -v criu >/dev/null && criu check >/dev/null 2>&1; }
+# CRIU probes the kernel at every start (kerndat: iptables, ip6tables and nft runs, ~70 ms here)
+# unless it finds its cache, <RUNDIR>/criu.kdat, which it keeps only on a tmpfs. Here /run is
+# not a tmpfs, so our CRIU is built with RUNDIR=/run/criu, a small tmpfs of its own.
+CRIU_RUNDIR=/run/criu
+criu_ok() {
+  command -v criu >/dev/null && criu check >/dev/null 2>&1 &&
+    grep -qa "$CRIU_RUNDIR/criu.kdat" "$(command -v criu)"
+}
+
+criu_rundir() {
+  mkdir -p "$CRIU_RUNDIR"
+  if [ "$(stat -f -c %T "$CRIU_RUNDIR")" != tmpfs ]; then
+    mount -t tmpfs -o size=1m,mode=0700 ums-criu-rundir "$CRIU_RUNDIR" ||
+      die "cannot mount a tmpfs on $CRIU_RUNDIR (CRIU's kerndat cache)"
+  fi
+}
 
 install_criu() {
   if criu_ok; then return 0; fi
-  log "criu missing or 'criu check' fails here; building a newer CRIU from Debian sid's source"
+  log "criu missing, 'criu check' fails, or it keeps no kerndat cache in $CRIU_RUNDIR; building CRIU from Debian sid's source"
   apt_install "${criu_build_deps[@]}"
   sid_update
   local src="$UMS_CACHE/criu-src" uri tarball
@@ -115,7 +131,7 @@ install_criu() {
   # source file's time makes the build reproducible (the Dockerfile's CRIU stage makes the same file).
   local epoch
   epoch=$(find "$build" -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1)
-  SOURCE_DATE_EPOCH=$epoch make -C "$build" -j"$(nproc)" criu >"$src/build.log" 2>&1 ||
+  SOURCE_DATE_EPOCH=$epoch make -C "$build" -j"$(nproc)" RUNDIR="$CRIU_RUNDIR" criu >"$src/build.log" 2>&1 ||
     die "CRIU build failed, see $src/build.log"
   install -m 0755 "$build/criu/criu" /usr/local/sbin/criu
   hash -r
@@ -126,6 +142,7 @@ main() {
   apt_install "${base_pkgs[@]}"
   apt_install "${outer_image_pkgs[@]}"
   install_containerd2
+  criu_rundir
   install_criu
   # CRIU pipes pages through splice(); root here lacks CAP_SYS_RESOURCE to grow pipes past the limit.
   local want=$((4 * 1024 * 1024))

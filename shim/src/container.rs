@@ -15,7 +15,9 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     holder, metrics,
-    migration::{DumpJob, Incoming, Outgoing, PagesIn, RestoreJob, Serving, RESTORE_ANNOTATION},
+    migration::{
+        DumpJob, Incoming, Outgoing, PagesIn, RestoreJob, Serving, CRIU_CONF, RESTORE_ANNOTATION,
+    },
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,
@@ -141,7 +143,7 @@ impl Container {
         let svc_dir = dir.join(SERVICE);
         write_json(
             &svc_dir.join("config.json"),
-            &spec.service(&self.id, self.outer_pid),
+            &spec.service(&self.id, self.outer_pid, &svc_dir.join(CRIU_CONF)),
         )
         .await?;
         if let Some(mid) = spec.annotation(RESTORE_ANNOTATION) {
@@ -605,6 +607,8 @@ impl Container {
     /// Checkpoints the service only; the outer keeps running.
     pub async fn checkpoint(&self, mut opts: CheckpointOpts) -> Result<()> {
         self.ensure_not_migrating()?;
+        // CRIU's defaults (a migration's settings must not outlive it, e.g. after a crash).
+        let _ = tokio::fs::remove_file(ums_dir(&self.bundle).join(SERVICE).join(CRIU_CONF)).await;
         if opts.work_path.as_os_str().is_empty() {
             opts.work_path = ums_dir(&self.bundle).join("criu-work");
         }

@@ -31,6 +31,14 @@ use crate::{
 pub const RESTORE_ANNOTATION: &str = "io.ums.restore";
 /// The writable layer's changes, sent beside CRIU's images.
 pub const ROOTFS_DIFF: &str = "ums-rootfs.tar";
+/// CRIU's configuration file for the service (runc passes it, see `spec.rs`), in its bundle.
+pub const CRIU_CONF: &str = "criu.conf";
+/// What a migration's dump tells CRIU beyond runc's options: no network lock. The service's
+/// netns is the outer's, which outlives the dump; no established TCP connection is dumped
+/// (no --tcp-established), so there is nothing the lock would protect, while its two
+/// iptables-restore runs at each of dump and restore cost ~80 ms of the freeze apiece. The
+/// restore takes the method from the dump's inventory.
+const MIGRATION_CRIU_CONF: &str = "network-lock skip\n";
 /// Post-copy: sent beside the images, names the source's page server (`ip:port`).
 pub const PAGE_SERVER_FILE: &str = "ums-page-server";
 /// How long a destination waits for a source to connect.
@@ -292,7 +300,13 @@ impl DumpJob {
                 .await
                 .map_err(Error::io(format!("create {}", d.display())))?;
         }
+        let conf = self.dir.join(SERVICE).join(CRIU_CONF);
+        tokio::fs::write(&conf, MIGRATION_CRIU_CONF)
+            .await
+            .map_err(Error::io(format!("write {}", conf.display())))?;
         let res = self.stream(&images, &work, peer, token, post_copy).await;
+        // CRIU read it when it started.
+        let _ = tokio::fs::remove_file(&conf).await;
         match res {
             Ok((stats, Some((page_server, finish)))) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);

@@ -143,10 +143,16 @@ impl BundleSpec {
         spec
     }
 
-    /// Spec of the nested service, given the pid of the running outer holder.
-    pub fn service(&self, id: &str, outer_pid: i32) -> Value {
+    /// Spec of the nested service, given the pid of the running outer holder and the CRIU
+    /// configuration file runc hands CRIU for it (`org.criu.config`; CRIU skips it while
+    /// it does not exist).
+    pub fn service(&self, id: &str, outer_pid: i32, criu_conf: &Path) -> Value {
         let mut spec = self.value.clone();
         let obj = spec.as_object_mut().expect("checked in parse");
+        let annotations = obj.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert("org.criu.config".into(), json!(criu_conf));
+        }
         // The outer owns the UTS namespace, the hooks and the sysctls.
         for key in ["hostname", "domainname", "hooks"] {
             obj.remove(key);
@@ -280,8 +286,12 @@ mod tests {
     #[test]
     fn service_nests_under_the_outer() {
         let s = parse(&sample()).unwrap();
-        let v = s.service("c1", 4242);
+        let v = s.service("c1", 4242, Path::new("/b/ums/service/criu.conf"));
         assert_eq!(v["linux"]["cgroupsPath"], json!("/default/c1/service"));
+        assert_eq!(
+            v["annotations"]["org.criu.config"],
+            json!("/b/ums/service/criu.conf")
+        );
         assert_eq!(
             ns(&v, "network").unwrap()["path"],
             json!("/proc/4242/ns/net")
@@ -309,7 +319,7 @@ mod tests {
         let s = parse(&v).unwrap();
         assert_eq!(s.cgroups_path("c9"), "/c9");
         assert_eq!(
-            s.service("c9", 1)["linux"]["cgroupsPath"],
+            s.service("c9", 1, Path::new("/c"))["linux"]["cgroupsPath"],
             json!("/c9/service")
         );
     }
