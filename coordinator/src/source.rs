@@ -592,6 +592,12 @@ impl Coordinator {
         let id = &p.id;
         warn!("migration {id}: aborting after: {cause}");
         let mut notes = Vec::new();
+        // Post-copy: the destination's copy may run and fetch pages from the source's page
+        // server: end it first (the page server then ends too), then resume the source.
+        // Otherwise the source first: the shortest interruption, even if B does not answer.
+        if p.post_copy {
+            notes.extend(self.abort_destination(p).await);
+        }
         match p.engine.abort(id).await {
             Ok(()) => info!(
                 "migration {id}: source shim aborted: {} resumes here",
@@ -615,7 +621,9 @@ impl Coordinator {
             },
         }
         notes.extend(self.endpoint_abort(id).await);
-        notes.extend(self.abort_destination(p).await);
+        if !p.post_copy {
+            notes.extend(self.abort_destination(p).await);
+        }
         let outcome = if notes.iter().any(|n| n.starts_with("source")) {
             Outcome::MaybeFrozen
         } else {
