@@ -500,8 +500,12 @@ pub struct Report {
     /// Upper bound of the service's unavailability: the Dump call (freeze to verified receipt)
     /// plus the restore until RUNNING at the destination.
     pub downtime_ms: u64,
-    /// Bytes streamed (images + rootfs changes; post-copy: without the memory pages).
+    /// Bytes moved: the stream (images + rootfs changes) and, post-copy, the pages.
     pub bytes: u64,
+    /// Post-copy: of `bytes`, the memory pages the destination fetched from the source's CRIU
+    /// page server (`None` if that could not be told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_bytes: Option<u64>,
     /// Post-copy was asked for (`phases_ms.post_copy` says how long the pages took).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_copy: bool,
@@ -651,6 +655,7 @@ pub(crate) mod tests {
             frozen_ms: 280,
             downtime_ms: 560,
             bytes: 134217728,
+            pages_bytes: None,
             post_copy: false,
             dump: DumpFigures {
                 checkpoint_ms: 300,

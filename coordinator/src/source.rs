@@ -488,28 +488,29 @@ impl Coordinator {
 
         // Post-copy: the destination answered once the restored service had every page; end
         // the page server here (it ends by itself once the destination is done with it).
-        let (post_copy_ms, frozen_ms) = if p.post_copy {
+        let (post_copy_ms, frozen_ms, pages_bytes) = if p.post_copy {
             self.registry.set_phase(id, Phase::PostCopy);
             journal.enter(state_dir, Phase::PostCopy).await;
             let t = Instant::now();
-            let frozen_ms = match p.engine.wait_pages(id, self.cfg.dump_timeout).await {
-                Ok(d) => d.frozen_ms,
-                // The destination has every page: a page server that ended badly changes
-                // nothing (the service here is frozen until the Commit).
-                Err(e) => {
-                    warn!("migration {id}: post_copy: the source's page server: {e}");
-                    dump.frozen_ms
-                }
-            };
+            let (frozen_ms, pages_bytes) =
+                match p.engine.wait_pages(id, self.cfg.dump_timeout).await {
+                    Ok(d) => (d.frozen_ms, Some(d.pages_bytes)),
+                    // The destination has every page: a page server that ended badly changes
+                    // nothing (the service here is frozen until the Commit).
+                    Err(e) => {
+                        warn!("migration {id}: post_copy: the source's page server: {e}");
+                        (dump.frozen_ms, None)
+                    }
+                };
             let pages_ms = restored.post_copy_ms.unwrap_or(0) + ms(t.elapsed());
             self.registry
                 .update_phases(id, |ph| ph.post_copy = Some(pages_ms));
             info!(
                 "migration {id}: post_copy: every page in {pages_ms} ms after the restore (source frozen {frozen_ms} ms)"
             );
-            (Some(pages_ms), frozen_ms)
+            (Some(pages_ms), frozen_ms, pages_bytes)
         } else {
-            (None, dump.frozen_ms)
+            (None, dump.frozen_ms, None)
         };
 
         let endpoint = self.endpoint_commit(id).await;
@@ -546,7 +547,8 @@ impl Coordinator {
             total_ms: ms(p.started.elapsed()),
             frozen_ms,
             downtime_ms: dump_wall + restore_ms,
-            bytes: dump.bytes,
+            bytes: dump.bytes + pages_bytes.unwrap_or(0),
+            pages_bytes,
             post_copy: p.post_copy,
             dump: DumpFigures {
                 checkpoint_ms: dump.checkpoint_ms,

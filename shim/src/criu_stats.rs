@@ -1,5 +1,7 @@
 //! Reads CRIU's `stats-dump` / `stats-restore` images: the honest source of frozen and restore
-//! times (CRIU's stats.proto: StatsEntry { dump = 1, restore = 2 }, times in microseconds).
+//! times (CRIU's stats.proto: StatsEntry { dump = 1, restore = 2 }, times in microseconds), and
+//! its pagemap images (how many pages a lazy dump left for the lazy-pages daemon: CRIU 4.2's
+//! stats do not count them).
 use std::{collections::HashMap, path::Path};
 
 /// The varint fields of one message: field number -> value.
@@ -77,6 +79,47 @@ pub fn read(dir: &Path, name: &str) -> Option<CriuStats> {
     parse(&std::fs::read(dir.join(name)).ok()?)
 }
 
+/// pagemap_entry flag: the pages are fetched lazily (post-copy).
+const PE_LAZY: u64 = 1 << 1;
+
+/// Pages marked lazy in one pagemap image: after the 8-byte magic, u32-length-prefixed
+/// messages, a pagemap_head then pagemap_entry { vaddr = 1, compat_nr_pages = 2, flags = 4,
+/// nr_pages = 5 }.
+pub fn lazy_pages_in(image: &[u8]) -> Option<u64> {
+    let mut pos = 8;
+    let mut first = true;
+    let mut pages = 0;
+    while pos < image.len() {
+        let len = u32::from_le_bytes(image.get(pos..pos + 4)?.try_into().ok()?) as usize;
+        pos += 4;
+        let msg = image.get(pos..pos.checked_add(len)?)?;
+        pos += len;
+        if std::mem::take(&mut first) {
+            continue;
+        }
+        let (f, _) = decode(msg)?;
+        if f.get(&4).copied().unwrap_or(0) & PE_LAZY != 0 {
+            pages += f.get(&5).or_else(|| f.get(&2)).copied().unwrap_or(0);
+        }
+    }
+    Some(pages)
+}
+
+/// Pages left lazy by a dump, over the pagemap images of `dir`.
+pub fn lazy_pages(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("pagemap-") && n.ends_with(".img")
+        })
+        .filter_map(|e| lazy_pages_in(&std::fs::read(e.path()).ok()?))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +148,23 @@ mod tests {
         );
         assert_eq!(parse(&img[..10]), None);
         assert_eq!(parse(&img[..img.len() - 1]), None);
+    }
+
+    #[test]
+    fn counts_lazy_pages_of_a_pagemap() {
+        // head { pages_id = 1 }, then { vaddr, nr_pages 8, flags LAZY },
+        // { vaddr, nr_pages 15, flags PRESENT }, { vaddr, nr_pages 1024, flags LAZY }
+        let mut img = vec![0x19, 0x43, 0x56, 0x54, 0x25, 0x40, 0x08, 0x56];
+        for m in [
+            &[0x08, 0x01][..],
+            &[0x08, 0x80, 0x20, 0x10, 0x00, 0x20, 0x02, 0x28, 0x08],
+            &[0x08, 0x80, 0x40, 0x10, 0x00, 0x20, 0x04, 0x28, 0x0f],
+            &[0x08, 0x80, 0x60, 0x10, 0x00, 0x20, 0x02, 0x28, 0x80, 0x08],
+        ] {
+            img.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            img.extend_from_slice(m);
+        }
+        assert_eq!(lazy_pages_in(&img), Some(8 + 1024));
+        assert_eq!(lazy_pages_in(&img[..img.len() - 1]), None);
     }
 }

@@ -208,6 +208,8 @@ pub struct DumpStats {
     pub checkpoint_ms: u64,
     pub transfer_ms: u64,
     pub frozen_ms: u64,
+    /// Post-copy: bytes of the pages served by CRIU's page server.
+    pub pages_bytes: u64,
 }
 
 /// How a dump's CRIU ended: its elapsed time since the freeze, or why it failed.
@@ -486,7 +488,13 @@ impl DumpJob {
             frozen_ms: if post_copy {
                 0
             } else {
-                frozen_ms(work, images)
+                dump_stats(work, images).map_or(0, |s| s.frozen_us / 1000)
+            },
+            // Post-copy: what the destination will fetch (CRIU 4.2's stats do not count it).
+            pages_bytes: if post_copy {
+                criu_stats::lazy_pages(images) * page_size()
+            } else {
+                0
             },
         };
         match page_server {
@@ -502,12 +510,17 @@ impl DumpJob {
     }
 }
 
-/// CRIU's frozen time from its stats-dump (in the work dir, or the image dir).
-fn frozen_ms(work: &Path, images: &Path) -> u64 {
-    criu_stats::read(work, "stats-dump")
-        .or_else(|| criu_stats::read(images, "stats-dump"))
-        .map(|s| s.frozen_us / 1000)
-        .unwrap_or(0)
+/// CRIU's stats-dump (in the work dir, or the image dir).
+fn dump_stats(work: &Path, images: &Path) -> Option<criu_stats::CriuStats> {
+    criu_stats::read(work, "stats-dump").or_else(|| criu_stats::read(images, "stats-dump"))
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    }
 }
 
 /// Runs `f` in a task of its own; the receiver holds its outcome (time since `t0`) once done.

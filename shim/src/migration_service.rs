@@ -92,6 +92,7 @@ fn dump_response(s: &DumpStats) -> DumpResponse {
         checkpoint_ms: s.checkpoint_ms,
         transfer_ms: s.transfer_ms,
         frozen_ms: s.frozen_ms,
+        pages_bytes: s.pages_bytes,
         ..Default::default()
     }
 }
