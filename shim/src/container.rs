@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    holder, metrics,
-    migration::{
-        DumpJob, Incoming, Outgoing, PagesIn, RestoreJob, Serving, CRIU_CONF, RESTORE_ANNOTATION,
-    },
+    holder,
+    lazy_pages::{PagesIn, Serving},
+    metrics,
+    migration::{DumpJob, Incoming, Outgoing, RestoreJob, CRIU_CONF, RESTORE_ANNOTATION},
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,

@@ -1,18 +1,21 @@
-//! CRIU's lazy pages (post-copy) on this host: the pipe size CRIU needs, and the
-//! destination's lazy-pages daemon, which fetches the restored service's memory from the
-//! source's page server, on fault and in the background, and exits once it has it all.
+//! CRIU's lazy pages (post-copy) on this host: the pipe size CRIU needs, the source's page
+//! server once Dump returned ([`Serving`]), and the destination's lazy-pages daemon, which
+//! fetches the restored service's memory from it, on fault and in the background, and exits
+//! once it has it all ([`Daemon`], [`PagesIn`]).
 use std::{
     net::SocketAddr,
     path::Path,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use log::info;
-use tokio::sync::watch;
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     command::{self, ReadyPipe, STATUS_FD},
     error::{Error, Result},
+    migration::{wait_outcome, DumpStats},
     runc::with_criu_errors,
 };
 
@@ -21,6 +24,54 @@ const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
 const PIPE_BYTES: u64 = 4 << 20;
 /// The daemon's log, in its work dir.
 const LOG: &str = "lazy-pages.log";
+
+/// A post-copy dump after Dump returned: CRIU serves the pages from the frozen service until
+/// the destination has them all. Its end changes nothing here: the service stays frozen
+/// until Commit or Abort, since only the destination knows whether every page arrived (CRIU's
+/// page server takes a peer that hangs up early for one that is done).
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// Where CRIU's page server listens.
+    pub page_server: SocketAddr,
+    /// Set once the lazy dump has ended: its figures, or why it failed.
+    pub(crate) done: watch::Receiver<Option<std::result::Result<DumpStats, String>>>,
+}
+
+impl Serving {
+    /// Whether the lazy dump has ended.
+    pub fn ended(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    /// Waits for the lazy dump's end.
+    pub async fn wait(&self) -> std::result::Result<DumpStats, String> {
+        wait_outcome(self.done.clone(), "the lazy dump's task").await
+    }
+
+    /// Ends the page server early (Abort): a connection that closes at once ends it.
+    pub async fn cancel(&self) {
+        if !self.ended() {
+            let _ = TcpStream::connect(self.page_server).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.wait()).await;
+    }
+}
+
+/// Destination, post-copy: the restored service's pages arriving through the lazy-pages
+/// daemon.
+#[derive(Debug, Clone)]
+pub struct PagesIn {
+    pub migration_id: String,
+    /// Set once the daemon has exited: Ok with every page in, or why not (the restored
+    /// service is killed by then).
+    pub(crate) done: watch::Receiver<Option<std::result::Result<(), String>>>,
+}
+
+impl PagesIn {
+    pub async fn wait(&self) -> std::result::Result<(), String> {
+        wait_outcome(self.done.clone(), "the lazy-pages daemon's task").await
+    }
+}
 
 /// Raises fs.pipe-max-size to what CRIU's lazy pages need: growing one pipe beyond it takes
 /// CAP_SYS_RESOURCE, which root lacks in some sandboxes (CRIU then fails with
@@ -84,12 +135,7 @@ impl Daemon {
 
     /// Waits for the daemon to exit: Ok once it had every page, Err(reason) otherwise.
     pub async fn wait(&self) -> std::result::Result<(), String> {
-        let mut rx = self.exit.clone();
-        let code = match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| Err("no exit status".into()))?,
-            Err(_) => return Err("its monitor went away".into()),
-        };
-        match code {
+        match wait_outcome(self.exit.clone(), "the lazy-pages daemon's monitor").await? {
             0 => Ok(()),
             c => Err(format!("criu lazy-pages exited {c}")),
         }

@@ -23,7 +23,7 @@ use crate::{
     container::SERVICE,
     criu_stats,
     error::{Error, Result},
-    lazy_pages,
+    lazy_pages::{self, PagesIn, Serving},
     runc::{CheckpointOpts, ChildStdio, RestoreOpts, Runc},
 };
 
@@ -105,20 +105,11 @@ impl Incoming {
 
     /// Resolves once the images are in (Ok) or will never be (Err).
     pub fn wait(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let mut rx = self.result.subscribe();
+        let rx = self.result.subscribe();
         async move {
-            let r = rx
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| Error::FailedPrecondition("migration went away".into()))?
-                .clone();
-            match r {
-                Some(Ok(())) => Ok(()),
-                Some(Err(e)) => Err(Error::FailedPrecondition(format!(
-                    "the migration's images did not arrive: {e}"
-                ))),
-                None => unreachable!("waited for Some"),
-            }
+            wait_outcome(rx, "the migration").await.map_err(|e| {
+                Error::FailedPrecondition(format!("the migration's images did not arrive: {e}"))
+            })
         }
     }
 
@@ -214,66 +205,6 @@ pub struct DumpStats {
 
 /// How a dump's CRIU ended: its elapsed time since the freeze, or why it failed.
 type Finish = Option<std::result::Result<Duration, String>>;
-
-/// A post-copy dump after Dump returned: CRIU serves the pages from the frozen service until
-/// the destination has them all. Its end changes nothing here: the service stays frozen
-/// until Commit or Abort, since only the destination knows whether every page arrived (CRIU's
-/// page server takes a peer that hangs up early for one that is done).
-#[derive(Debug, Clone)]
-pub struct Serving {
-    /// Where CRIU's page server listens.
-    pub page_server: SocketAddr,
-    /// Set once the lazy dump has ended: its figures, or why it failed.
-    done: watch::Receiver<Option<std::result::Result<DumpStats, String>>>,
-}
-
-impl Serving {
-    /// Whether the lazy dump has ended.
-    pub fn ended(&self) -> bool {
-        self.done.borrow().is_some()
-    }
-
-    /// Waits for the lazy dump's end.
-    pub async fn wait(&self) -> std::result::Result<DumpStats, String> {
-        let mut rx = self.done.clone();
-        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
-        match outcome {
-            Ok(Some(r)) => r,
-            Ok(None) => Err("no result".into()),
-            Err(_) => Err("the lazy dump's task vanished".into()),
-        }
-    }
-
-    /// Ends the page server early (Abort): a connection that closes at once ends it.
-    pub async fn cancel(&self) {
-        if !self.ended() {
-            let _ = TcpStream::connect(self.page_server).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.wait()).await;
-    }
-}
-
-/// Destination, post-copy: the restored service's pages arriving through the lazy-pages
-/// daemon.
-#[derive(Debug, Clone)]
-pub struct PagesIn {
-    pub migration_id: String,
-    /// Set once the daemon has exited: Ok with every page in, or why not (the restored
-    /// service is killed by then).
-    done: watch::Receiver<Option<std::result::Result<(), String>>>,
-}
-
-impl PagesIn {
-    pub async fn wait(&self) -> std::result::Result<(), String> {
-        let mut rx = self.done.clone();
-        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
-        match outcome {
-            Ok(Some(r)) => r,
-            Ok(None) => Err("no result".into()),
-            Err(_) => Err("the lazy-pages daemon's task vanished".into()),
-        }
-    }
-}
 
 /// What a dump needs from its container, taken under the container's lock.
 pub struct DumpJob {
@@ -536,10 +467,20 @@ fn spawn_finish(
     rx
 }
 
-async fn finished(mut rx: watch::Receiver<Finish>) -> std::result::Result<Duration, String> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone().unwrap_or_else(|| Err("no result".into())),
-        Err(_) => Err("the dump's task vanished".to_string()),
+async fn finished(rx: watch::Receiver<Finish>) -> std::result::Result<Duration, String> {
+    wait_outcome(rx, "the dump's task").await
+}
+
+/// The outcome a task sends on `rx` (Some once it ended), or why it will never come.
+pub(crate) async fn wait_outcome<T: Clone>(
+    mut rx: watch::Receiver<Option<std::result::Result<T, String>>>,
+    what: &str,
+) -> std::result::Result<T, String> {
+    let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+    match outcome {
+        Ok(Some(r)) => r,
+        Ok(None) => Err(format!("{what} gave no result")),
+        Err(_) => Err(format!("{what} vanished")),
     }
 }
 
