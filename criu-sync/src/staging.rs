@@ -236,12 +236,9 @@ impl Staging {
             self.check_size(&f.name, end, n)?;
         }
         let f = self.open.get_mut(&id).ok_or(RecvError::UnknownFileId(id))?;
-        // Hashed on the other thread while it is written here: both only read the buffer.
-        self.hashes.update(id, bytes.clone())?;
         f.file
             .write_all(&bytes)
             .map_err(|e| RecvError::io(format!("write {}", f.name), e))?;
-        drop(bytes);
         f.written = end;
         if self.fsync && f.written - f.flushed >= WRITE_BEHIND {
             // SAFETY: plain syscall on our open file; advisory, so its result is not needed.
@@ -262,7 +259,9 @@ impl Staging {
             self.total += n;
         }
         self.progress.add_bytes(n);
-        Ok(())
+        // Hashed on the other thread while the next chunks are written here. Handed over
+        // only once written, so the hash thread is its last user and can pass it on for reuse.
+        self.hashes.update(id, bytes)
     }
 
     fn file_end(&mut self, id: u32, len: u64, mode: u32, hash: Hash) -> Result<(), RecvError> {
@@ -382,9 +381,9 @@ enum HashJob {
 }
 
 /// blake3 of the files being received, computed on a thread of its own: on a fast link the
-/// receiver's writes plus its hashing were the slowest stage of the transfer, and they need
-/// not wait for each other. Jobs run in order, so a file's digest covers every update sent
-/// before its `finish`.
+/// receiver's writes plus its hashing were the slowest stage of the transfer; now chunk N is
+/// hashed while chunk N+1 is written. Jobs run in order, so a file's digest covers every
+/// update sent before its `finish`.
 struct HashWorker {
     jobs: Option<std_mpsc::SyncSender<HashJob>>,
     digests: std_mpsc::Receiver<blake3::Hash>,
