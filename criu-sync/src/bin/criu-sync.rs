@@ -44,8 +44,11 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread drives the stream and its socket: with a multi-thread runtime the stream
+    // task was woken across threads (and moved between workers) at every socket wait, which
+    // costs CPU a fast link does not have to spare. The blocking work (file reads, writes,
+    // hashing) has threads of its own anyway.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -56,8 +59,8 @@ fn main() -> ExitCode {
         }
     };
     let res = match args[0].as_str() {
-        "send" => parse_send(&args[1..]).and_then(|a| rt.block_on(on_worker(send(a)))),
-        "recv" => parse_recv(&args[1..]).and_then(|a| rt.block_on(on_worker(recv(a)))),
+        "send" => parse_send(&args[1..]).and_then(|a| rt.block_on(send(a))),
+        "recv" => parse_recv(&args[1..]).and_then(|a| rt.block_on(recv(a))),
         other => Err(format!("unknown command {other:?} (send or recv; --help)")),
     };
     match res {
@@ -70,18 +73,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Runs `f` as a task on a runtime worker rather than on the thread in `block_on`: a worker
-/// polls the I/O driver itself, so a socket becoming ready runs the stream at once instead of
-/// waking the main thread from another one (two context switches per wait on a fast link).
-async fn on_worker<F>(f: F) -> Result<String, String>
-where
-    F: std::future::Future<Output = Result<String, String>> + Send + 'static,
-{
-    tokio::spawn(f)
-        .await
-        .unwrap_or_else(|e| Err(format!("task: {e}")))
 }
 
 enum End {
