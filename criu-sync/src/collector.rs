@@ -74,6 +74,8 @@ pub(crate) struct Collector {
     inotify: Inotify,
     wake: UnixStream,
     tx: mpsc::Sender<Frame>,
+    /// Buffers of `Data` frames already written, to read the next chunks into.
+    spare: mpsc::UnboundedReceiver<Vec<u8>>,
     chunk: usize,
     files: HashMap<String, State>,
     manifest: Vec<ManifestEntry>,
@@ -87,6 +89,7 @@ impl Collector {
         inotify: Inotify,
         wake: UnixStream,
         tx: mpsc::Sender<Frame>,
+        spare: mpsc::UnboundedReceiver<Vec<u8>>,
         chunk: usize,
     ) -> Self {
         Collector {
@@ -94,6 +97,7 @@ impl Collector {
             inotify,
             wake,
             tx,
+            spare,
             chunk: chunk.clamp(4096, MAX_DATA),
             files: HashMap::new(),
             manifest: Vec::new(),
@@ -402,9 +406,12 @@ impl Collector {
     /// Reads one chunk (at most `budget` bytes) at the file's offset and sends it. `false` at EOF.
     fn read_some(&mut self, open: &mut OpenFile, budget: u64) -> Result<bool, SendError> {
         let want = (self.chunk as u64).min(budget) as usize;
-        let mut buf = Vec::with_capacity(want);
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(want);
         while buf.len() < want {
-            let n = read_into_spare(&open.file, &mut buf)
+            let max = want - buf.len();
+            let n = read_into_spare(&open.file, &mut buf, max)
                 .map_err(|e| SendError::io("read image file".to_owned(), e))?;
             if n == 0 {
                 break;
@@ -515,10 +522,10 @@ fn os_name(n: &OsStr) -> Result<String, String> {
         .ok_or_else(|| n.to_string_lossy().into_owned())
 }
 
-/// One read(2) into the vector's unused capacity: no zeroing of multi-MiB buffers and no
-/// growth (std's read_to_end would probe in small steps).
-fn read_into_spare(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare = buf.capacity() - buf.len();
+/// One read(2) of at most `max` bytes into the vector's unused capacity: no zeroing of
+/// multi-MiB buffers and no growth (std's read_to_end would probe in small steps).
+fn read_into_spare(file: &File, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = (buf.capacity() - buf.len()).min(max);
     if spare == 0 {
         return Ok(0);
     }
@@ -543,5 +550,27 @@ fn read_into_spare(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
         // SAFETY: see above, n <= spare bytes were initialised by read(2).
         unsafe { buf.set_len(buf.len() + n) };
         return Ok(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn read_into_spare_stops_at_max_and_capacity() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[9; 100]).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        // A recycled buffer larger than the budget reads no more than the budget.
+        let mut buf = Vec::with_capacity(4096);
+        assert_eq!(read_into_spare(&f, &mut buf, 30).unwrap(), 30);
+        assert_eq!(read_into_spare(&f, &mut buf, 1000).unwrap(), 70);
+        assert_eq!(buf, vec![9; 100]);
+        assert_eq!(read_into_spare(&f, &mut buf, 1000).unwrap(), 0);
+        let mut full = Vec::with_capacity(1);
+        full.push(1);
+        assert_eq!(read_into_spare(&f, &mut full, 10).unwrap(), 0);
     }
 }

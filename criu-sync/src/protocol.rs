@@ -315,6 +315,16 @@ pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
 ) -> Result<Option<Frame>, ProtocolError> {
+    read_frame_into(r, BytesMut::new()).await
+}
+
+/// [`read_frame`] that reads the payload into `buf`'s allocation when it is large enough (a
+/// `Data` frame's bytes recovered with [`Bytes::try_into_mut`]), so a stream of large frames
+/// does not map and fault in fresh memory for every frame.
+pub async fn read_frame_into<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    mut buf: BytesMut,
+) -> Result<Option<Frame>, ProtocolError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -337,7 +347,8 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
             max,
         });
     }
-    let mut buf = BytesMut::with_capacity(len);
+    buf.clear();
+    buf.reserve(len);
     // `take` keeps read_buf inside this frame even if BytesMut got more capacity than asked.
     let mut limited = (&mut *r).take(len as u64);
     while buf.len() < len {
@@ -645,6 +656,44 @@ mod tests {
         };
         let wire = f.encode().unwrap();
         assert_eq!(decode_all(&wire).await.unwrap(), vec![f]);
+    }
+
+    #[tokio::test]
+    async fn read_frame_into_reuses_a_large_enough_buffer() {
+        let frames = [
+            Frame::Data {
+                id: 1,
+                offset: 0,
+                bytes: Bytes::from(vec![0xa5; 64 << 10]),
+            },
+            Frame::Data {
+                id: 1,
+                offset: 64 << 10,
+                bytes: Bytes::from(vec![0x5a; 1000]),
+            },
+            Frame::Ack { files: 1, bytes: 2 },
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode().unwrap()).collect();
+        let mut r = &wire[..];
+        let mut buf = BytesMut::new();
+        let mut base = None;
+        for want in &frames {
+            let got = read_frame_into(&mut r, buf).await.unwrap().unwrap();
+            assert_eq!(&got, want);
+            // Stale bytes of the previous frame never leak into the next one.
+            buf = match got {
+                Frame::Data { bytes, .. } => {
+                    // Each payload sits in the first frame's allocation (id and offset first).
+                    let start = bytes.as_ptr() as usize - DATA_FIXED;
+                    let base = *base.get_or_insert(start);
+                    assert!(start >= base, "buffer not reused");
+                    assert!(start + DATA_FIXED + bytes.len() <= base + DATA_FIXED + (64 << 10));
+                    bytes.try_into_mut().unwrap()
+                }
+                _ => BytesMut::new(),
+            };
+        }
+        assert!(read_frame_into(&mut r, buf).await.unwrap().is_none());
     }
 
     #[test]

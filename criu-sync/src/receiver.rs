@@ -6,10 +6,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::protocol::{read_frame, write_frame, Frame, NameError, ProtocolError, VERSION};
+use crate::protocol::{read_frame_into, write_frame, Frame, NameError, ProtocolError, VERSION};
 use crate::staging::{Staging, Step};
 use crate::Progress;
 
@@ -166,7 +167,7 @@ impl Receiver {
     ) -> Result<RecvStats, RecvError> {
         let start = Instant::now();
         // Hello first: a stranger or another migration never gets a staging directory.
-        match next_frame(&mut reader, opts.idle_timeout).await? {
+        match next_frame(&mut reader, BytesMut::new(), opts.idle_timeout).await? {
             Some(Frame::Hello { version, token }) => {
                 if version != VERSION {
                     return Err(RecvError::VersionMismatch(version));
@@ -187,10 +188,13 @@ impl Receiver {
         }
 
         let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE_DEPTH);
+        // Written payloads come back to be read into again: no fresh memory per frame.
+        let (recycle, mut spare) = mpsc::unbounded_channel::<Bytes>();
         let (staging_p, final_p) = (staging.to_owned(), final_dir.to_owned());
         let (limits, fsync, progress) = (opts.limits, opts.fsync, opts.progress.clone());
         let writer = tokio::task::spawn_blocking(move || {
-            let mut st = Staging::create(&staging_p, &final_p, limits, fsync, progress)?;
+            let mut st =
+                Staging::create(&staging_p, &final_p, limits, fsync, progress, Some(recycle))?;
             while let Some(frame) = rx.blocking_recv() {
                 if let Step::Committed(c) = st.handle(frame)? {
                     return Ok(c);
@@ -202,7 +206,12 @@ impl Receiver {
         });
 
         let read_err = loop {
-            let frame = match next_frame(&mut reader, opts.idle_timeout).await {
+            let buf = spare
+                .try_recv()
+                .ok()
+                .and_then(|b| b.try_into_mut().ok())
+                .unwrap_or_default();
+            let frame = match next_frame(&mut reader, buf, opts.idle_timeout).await {
                 Ok(Some(Frame::Keepalive)) => continue,
                 Ok(Some(f)) => f,
                 Ok(None) => break Some(RecvError::Truncated),
@@ -240,11 +249,12 @@ impl Receiver {
 
 async fn next_frame<R: AsyncRead + Unpin>(
     r: &mut R,
+    buf: BytesMut,
     idle: Option<Duration>,
 ) -> Result<Option<Frame>, RecvError> {
     match idle {
-        None => Ok(read_frame(r).await?),
-        Some(d) => match tokio::time::timeout(d, read_frame(r)).await {
+        None => Ok(read_frame_into(r, buf).await?),
+        Some(d) => match tokio::time::timeout(d, read_frame_into(r, buf)).await {
             Ok(f) => Ok(f?),
             Err(_) => Err(RecvError::Idle(d)),
         },
@@ -298,7 +308,7 @@ pub async fn receive_over<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ManifestEntry, MAX_DATA};
+    use crate::protocol::{read_frame, ManifestEntry, MAX_DATA};
     use bytes::Bytes;
 
     const TOKEN: &str = "mig-1";
@@ -728,6 +738,49 @@ mod tests {
             refused(&f).await,
             RecvError::UnexpectedFrame { got: "hello", .. }
         ));
+    }
+
+    #[test]
+    fn written_payloads_come_back_hashed() {
+        let d = dirs();
+        let (tx, mut back) = mpsc::unbounded_channel();
+        let mut st = Staging::create(
+            &d.staging,
+            &d.fin,
+            Limits::default(),
+            false,
+            Progress::new(),
+            Some(tx),
+        )
+        .unwrap();
+        let chunks: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        let ptrs: Vec<_> = chunks.iter().map(|b| b.as_ptr()).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        assert!(matches!(
+            st.handle(start(0, "pages-1.img", None)).unwrap(),
+            Step::More
+        ));
+        for (i, b) in chunks.into_iter().enumerate() {
+            let f = Frame::Data {
+                id: 0,
+                offset: i as u64 * 1000,
+                bytes: b,
+            };
+            st.handle(f).unwrap();
+        }
+        // The digest waits for every update: all payloads are back by then, in order, unique.
+        st.handle(end(0, &all)).unwrap();
+        for p in ptrs {
+            let b = back.try_recv().expect("payload not handed back");
+            assert_eq!(b.as_ptr(), p);
+            assert!(b.try_into_mut().is_ok(), "payload still shared");
+        }
+        assert!(back.try_recv().is_err());
+        let done = Frame::Done {
+            manifest: vec![entry("pages-1.img", &all)],
+        };
+        assert!(matches!(st.handle(done).unwrap(), Step::Committed(_)));
+        assert_eq!(std::fs::read(d.fin.join("pages-1.img")).unwrap(), all);
     }
 
     #[tokio::test]

@@ -12,11 +12,15 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::mpsc as std_mpsc;
+
+use bytes::Bytes;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::protocol::{validate_name, Frame, Hash, ManifestEntry};
 use crate::receiver::{Limits, RecvError};
 use crate::Progress;
+use tokio::sync::mpsc;
 
 /// Result of one frame.
 pub enum Step {
@@ -46,7 +50,6 @@ struct Incoming {
     /// Bytes whose writeback was started.
     flushed: u64,
     declared: Option<u64>,
-    hasher: blake3::Hasher,
 }
 
 struct Received {
@@ -67,17 +70,20 @@ pub struct Staging {
     used_ids: HashSet<u32>,
     total: u64,
     committed: bool,
+    hashes: HashWorker,
 }
 
 impl Staging {
     /// Creates the staging directory (mode 0700; it must not exist) after checking that the
-    /// final directory does not exist either.
+    /// final directory does not exist either. `recycle`, if given, gets every `Data` payload
+    /// back once it is written and hashed, so the reader can read the next frames into it.
     pub fn create(
         staging: &Path,
         final_dir: &Path,
         limits: Limits,
         fsync: bool,
         progress: Progress,
+        recycle: Option<mpsc::UnboundedSender<Bytes>>,
     ) -> Result<Staging, RecvError> {
         if final_dir.symlink_metadata().is_ok() {
             return Err(RecvError::FinalExists(final_dir.to_owned()));
@@ -107,6 +113,7 @@ impl Staging {
             used_ids: HashSet::new(),
             total: 0,
             committed: false,
+            hashes: HashWorker::start(recycle)?,
         })
     }
 
@@ -118,7 +125,7 @@ impl Staging {
                 mode,
                 len,
             } => self.file_start(id, name, mode, len).map(|()| Step::More),
-            Frame::Data { id, offset, bytes } => self.data(id, offset, &bytes).map(|()| Step::More),
+            Frame::Data { id, offset, bytes } => self.data(id, offset, bytes).map(|()| Step::More),
             Frame::FileEnd {
                 id,
                 len,
@@ -184,7 +191,6 @@ impl Staging {
                 written: 0,
                 flushed: 0,
                 declared: len,
-                hasher: blake3::Hasher::new(),
             },
         );
         Ok(())
@@ -206,7 +212,7 @@ impl Staging {
         Ok(())
     }
 
-    fn data(&mut self, id: u32, offset: u64, bytes: &[u8]) -> Result<(), RecvError> {
+    fn data(&mut self, id: u32, offset: u64, bytes: Bytes) -> Result<(), RecvError> {
         let f = self.open.get(&id).ok_or(RecvError::UnknownFileId(id))?;
         if offset != f.written {
             return Err(RecvError::OutOfOrder {
@@ -231,9 +237,8 @@ impl Staging {
         }
         let f = self.open.get_mut(&id).ok_or(RecvError::UnknownFileId(id))?;
         f.file
-            .write_all(bytes)
+            .write_all(&bytes)
             .map_err(|e| RecvError::io(format!("write {}", f.name), e))?;
-        f.hasher.update(bytes);
         f.written = end;
         if self.fsync && f.written - f.flushed >= WRITE_BEHIND {
             // SAFETY: plain syscall on our open file; advisory, so its result is not needed.
@@ -254,7 +259,9 @@ impl Staging {
             self.total += n;
         }
         self.progress.add_bytes(n);
-        Ok(())
+        // Hashed on the other thread while the next chunks are written here. Handed over
+        // only once written, so the hash thread is its last user and can pass it on for reuse.
+        self.hashes.update(id, bytes)
     }
 
     fn file_end(&mut self, id: u32, len: u64, mode: u32, hash: Hash) -> Result<(), RecvError> {
@@ -267,7 +274,7 @@ impl Staging {
             });
         }
         // blake3::Hash compares in constant time; not a secret here, but free.
-        if f.hasher.finalize() != blake3::Hash::from_bytes(hash) {
+        if self.hashes.finish(id)? != blake3::Hash::from_bytes(hash) {
             return Err(RecvError::ChecksumMismatch { name: f.name });
         }
         // Permission bits only: no setuid/setgid/sticky from the wire.
@@ -361,6 +368,92 @@ impl Staging {
             bytes: self.done.values().map(|r| r.len).sum(),
             commit: start.elapsed(),
         })
+    }
+}
+
+/// Frames of payload queued for hashing ahead of the hash thread: bounds the memory a slow
+/// hash can hold (the writes wait for it).
+const HASH_QUEUE: usize = 4;
+
+enum HashJob {
+    Update(u32, Bytes),
+    Finish(u32),
+}
+
+/// blake3 of the files being received, computed on a thread of its own: on a fast link the
+/// receiver's writes plus its hashing were the slowest stage of the transfer; now chunk N is
+/// hashed while chunk N+1 is written. Jobs run in order, so a file's digest covers every
+/// update sent before its `finish`.
+struct HashWorker {
+    jobs: Option<std_mpsc::SyncSender<HashJob>>,
+    digests: std_mpsc::Receiver<blake3::Hash>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HashWorker {
+    /// `recycle` gets every payload once it is hashed (the reader reads into it again).
+    fn start(recycle: Option<mpsc::UnboundedSender<Bytes>>) -> Result<HashWorker, RecvError> {
+        let (jobs, rx) = std_mpsc::sync_channel::<HashJob>(HASH_QUEUE);
+        let (done, digests) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("criu-sync-hash".into())
+            .spawn(move || {
+                let mut hashers: HashMap<u32, blake3::Hasher> = HashMap::new();
+                for job in rx {
+                    match job {
+                        HashJob::Update(id, bytes) => {
+                            hashers.entry(id).or_default().update(&bytes);
+                            if let Some(r) = &recycle {
+                                // The reader may have stopped: then the buffer is just freed.
+                                let _ = r.send(bytes);
+                            }
+                        }
+                        HashJob::Finish(id) => {
+                            let h = hashers.remove(&id).unwrap_or_default().finalize();
+                            if done.send(h).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RecvError::io("start the hash thread".into(), e))?;
+        Ok(HashWorker {
+            jobs: Some(jobs),
+            digests,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: HashJob) -> Result<(), RecvError> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| RecvError::Internal("the hash thread stopped".into()))
+    }
+
+    fn update(&self, id: u32, bytes: Bytes) -> Result<(), RecvError> {
+        self.send(HashJob::Update(id, bytes))
+    }
+
+    /// The digest of everything updated for `id` (waits for the thread to get there).
+    fn finish(&self, id: u32) -> Result<blake3::Hash, RecvError> {
+        self.send(HashJob::Finish(id))?;
+        self.digests
+            .recv()
+            .map_err(|_| RecvError::Internal("the hash thread stopped".into()))
+    }
+}
+
+impl Drop for HashWorker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the jobs in it.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the hash thread panicked");
+            }
+        }
     }
 }
 

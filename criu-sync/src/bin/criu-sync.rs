@@ -44,8 +44,11 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread drives the stream and its socket: with a multi-thread runtime the stream
+    // task was woken across threads (and moved between workers) at every socket wait, which
+    // costs CPU a fast link does not have to spare. The blocking work (file reads, writes,
+    // hashing) has threads of its own anyway.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
