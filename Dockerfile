@@ -19,7 +19,8 @@ ARG APT_OPTS
 RUN apt-get $APT_OPTS update -qq && apt-get install -y -qq --no-install-recommends build-essential \
       pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
       libprotobuf-dev libnl-3-dev libcap-dev libnet1-dev libbsd-dev libgnutls28-dev libaio-dev \
-      uuid-dev libnftables-dev ca-certificates curl xz-utils >/dev/null
+      uuid-dev libnftables-dev ca-certificates curl xz-utils patch >/dev/null
+COPY hack/criu/ /tmp/criu-patches/
 RUN echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main' \
       >/etc/apt/sources.list.d/sid-src.list \
  && apt-get $APT_OPTS update -qq \
@@ -29,6 +30,7 @@ RUN echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] htt
  && mkdir -p /var/cache/ums/criu-src/build \
  && tar -xf /tmp/criu.orig.tar.xz -C /var/cache/ums/criu-src/build --strip-components=1 \
  && epoch=$(find /var/cache/ums/criu-src/build -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1) \
+ && for p in /tmp/criu-patches/*.patch; do patch -s -d /var/cache/ums/criu-src/build -p1 <"$p"; done \
  && SOURCE_DATE_EPOCH=$epoch make -C /var/cache/ums/criu-src/build -j"$(nproc)" RUNDIR=/run/criu criu >/dev/null
 
 FROM ${DEBIAN}

@@ -3,14 +3,15 @@
 # each step checks its result first and does nothing when it is already there.
 #   - containerd 1.6, runc, iptables, busybox-static, CNI plugins, iproute2 (bookworm)
 #   - containerd 2.1.x from Debian sid, unpacked into $UMS_CONTAINERD2_PREFIX (not on PATH)
-#   - CRIU >= 4.1 built from Debian's newer source package when `criu check` fails (or the
-#     CRIU found keeps no kerndat cache in $CRIU_RUNDIR), and $CRIU_RUNDIR kept on a tmpfs
+#   - CRIU >= 4.1 built from Debian's newer source package with hack/criu/*.patch and
+#     RUNDIR=/run/criu (unless that very build is installed already), /run/criu kept on a tmpfs
 #   - fs.pipe-max-size raised for CRIU
 #   - debootstrap and buildah (the outer image's build and its Dockerfile check)
 set -euo pipefail
 
 UMS_CONTAINERD2_PREFIX=${UMS_CONTAINERD2_PREFIX:-/opt/ums/containerd2}
 UMS_CACHE=${UMS_CACHE:-/var/cache/ums}
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SID_APT=$UMS_CACHE/apt-sid
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
@@ -27,7 +28,7 @@ base_pkgs=(containerd runc iptables busybox-static containernetworking-plugins i
 outer_image_pkgs=(debootstrap buildah)
 criu_build_deps=(build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libprotobuf-dev libnl-3-dev libcap-dev libnet1-dev libbsd-dev libgnutls28-dev libaio-dev
-  uuid-dev libnftables-dev)
+  uuid-dev libnftables-dev patch)
 
 missing_pkgs() {
   local p
@@ -95,9 +96,12 @@ install_containerd2() {
 # unless it finds its cache, <RUNDIR>/criu.kdat, which it keeps only on a tmpfs. Here /run is
 # not a tmpfs, so our CRIU is built with RUNDIR=/run/criu, a small tmpfs of its own.
 CRIU_RUNDIR=/run/criu
+# Which build of CRIU is installed: RUNDIR and our patches (hack/criu/, see each one's header).
+CRIU_STAMP=/usr/local/lib/ums/criu.stamp
+criu_stamp() { { echo "RUNDIR=$CRIU_RUNDIR"; cat "$HACK_DIR"/criu/*.patch; } | sha256sum | cut -c1-16; }
 criu_ok() {
   command -v criu >/dev/null && criu check >/dev/null 2>&1 &&
-    grep -qa "$CRIU_RUNDIR/criu.kdat" "$(command -v criu)"
+    [ "$(cat "$CRIU_STAMP" 2>/dev/null)" = "$(criu_stamp)" ]
 }
 
 criu_rundir() {
@@ -110,7 +114,7 @@ criu_rundir() {
 
 install_criu() {
   if criu_ok; then return 0; fi
-  log "criu missing, 'criu check' fails, or it keeps no kerndat cache in $CRIU_RUNDIR; building CRIU from Debian sid's source"
+  log "criu missing, 'criu check' fails, or not our build of it; building CRIU from Debian sid's source"
   apt_install "${criu_build_deps[@]}"
   sid_update
   local src="$UMS_CACHE/criu-src" uri tarball
@@ -129,11 +133,15 @@ install_criu() {
   log "building $(basename "$tarball") (make criu)"
   # CRIU compiles its build time into the binary unless SOURCE_DATE_EPOCH is set: the newest
   # source file's time makes the build reproducible (the Dockerfile's CRIU stage makes the same file).
-  local epoch
+  local epoch p
   epoch=$(find "$build" -type f -printf '%T@\n' | sort -n | tail -n 1 | cut -d. -f1)
+  for p in "$HACK_DIR"/criu/*.patch; do
+    patch -s -d "$build" -p1 <"$p" || die "CRIU patch $(basename "$p") does not apply"
+  done
   SOURCE_DATE_EPOCH=$epoch make -C "$build" -j"$(nproc)" RUNDIR="$CRIU_RUNDIR" criu >"$src/build.log" 2>&1 ||
     die "CRIU build failed, see $src/build.log"
   install -m 0755 "$build/criu/criu" /usr/local/sbin/criu
+  mkdir -p "$(dirname "$CRIU_STAMP")" && criu_stamp >"$CRIU_STAMP"
   hash -r
   criu_ok || die "built CRIU does not pass 'criu check': $(criu check 2>&1 | tail -3)"
 }
