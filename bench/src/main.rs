@@ -137,18 +137,28 @@ fn write_outputs(f: &mut BenchFile, out: &std::path::Path, stem: &str) -> Result
     Ok(())
 }
 
+/// Re-renders the table and plots of a result file next to it.
+fn render(p: &std::path::Path) -> Result<(), String> {
+    let raw = fs::read(p).map_err(|e| e.to_string())?;
+    let mut f: BenchFile =
+        serde_json::from_slice(&raw).map_err(|e| format!("not a ums-bench result file: {e}"))?;
+    let out = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let stem = p
+        .file_stem()
+        .ok_or("no file name")?
+        .to_string_lossy()
+        .into_owned();
+    write_outputs(&mut f, &out, &stem)
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(p) = &cli.render {
-        let mut f: BenchFile = serde_json::from_slice(&fs::read(p).expect("read result file"))
-            .expect("parse result file");
-        let out = p
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cli.out.clone());
-        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
-        if let Err(e) = write_outputs(&mut f, &out, &stem) {
-            eprintln!("ums-bench: {e}");
+        if let Err(e) = render(p) {
+            eprintln!("ums-bench: --render {}: {e}", p.display());
             std::process::exit(1);
         }
         return;
