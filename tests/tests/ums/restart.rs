@@ -1,5 +1,6 @@
 //! containerd restarts while a service runs: the task survives and stays manageable.
 
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use ums_tests::procfs::ProcId;
@@ -21,6 +22,7 @@ fn containerd_restart(v: Version) {
         "the container died with containerd"
     );
     assert_growing(&svc, "while containerd is down");
+    assert_shim_reachable(&fp, "while containerd is down");
     c.restart();
 
     let task = ctr.wait_status("c1", "RUNNING", Duration::from_secs(30));
@@ -65,3 +67,36 @@ fn containerd_restart(v: Version) {
 }
 
 both_versions!(containerd_restart);
+
+/// The shim of `fp`'s task is alive, its bundle's `address` file still names its socket, and
+/// it accepts there: all containerd needs to reconnect at its restart. Checked while containerd
+/// is down, a task lost at the restart then tells on which side it was lost.
+#[track_caller]
+fn assert_shim_reachable(fp: &leaks::Footprint, what: &str) {
+    assert!(
+        !fp.shim_pids.is_empty() && fp.shim_pids.iter().all(|p| p.alive()),
+        "{what}: the shim of {} is gone: {:?}",
+        fp.id,
+        fp.shim_pids
+    );
+    let address = std::fs::read_to_string(fp.bundle.join("address"));
+    let socket = address
+        .as_deref()
+        .ok()
+        .and_then(ums_tests::sweep::socket_path_of);
+    assert!(
+        socket.is_some() && socket == fp.shim_socket,
+        "{what}: the address file of {} is {address:?}, the shim's socket {:?}",
+        fp.id,
+        fp.shim_socket
+    );
+    if let Some(socket) = socket {
+        if let Err(e) = UnixStream::connect(&socket) {
+            panic!(
+                "{what}: the shim of {} does not accept on {}: {e}",
+                fp.id,
+                socket.display()
+            );
+        }
+    }
+}
