@@ -702,6 +702,16 @@ pub fn memhog_verify(svc: &Svc, sys: &System) -> (String, String) {
     })
 }
 
+/// memhog on `sys` re-reads its memory and finds the checksum it had at the start (`sum`).
+#[track_caller]
+pub fn assert_memhog_sum(svc: &Svc, sys: &System, sum: &str, what: &str) {
+    let (ok, got) = memhog_verify(svc, sys);
+    assert!(
+        ok == "ok" && got == sum,
+        "{what}: verify {ok} {got}, checksum at the start {sum}"
+    );
+}
+
 /// Ticks numbered without a gap or a repeat (nothing lost, nothing replayed); returns the largest
 /// gap between two ticks on CLOCK_REALTIME in ms (the service-visible downtime).
 #[track_caller]

@@ -116,22 +116,7 @@ pub fn destination_vanishes(bed: &Bed) {
             !err.contains("may be frozen"),
             "the source says the service may be frozen:\n{err}"
         );
-        svc.assert_running(a, "memhog on A after the failed migration");
-        let (ok, got) = memhog_verify(&svc, a);
-        assert!(
-            ok == "ok" && got == sum,
-            "memhog on A after the failed migration: verify {ok} {got}, checksum at start {sum}"
-        );
-        let (ticks, _) = read_ticks(&svc, a);
-        let gap = check_ticks(&ticks, "memhog's ticks on A across the failed migration");
-        let n = ticks.len();
-        wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
-            (read_ticks(&svc, a).0.len() > n).then_some(())
-        })
-        .expect("memhog on A ticks on after the failed migration");
-        say(format!(
-            "destination vanishes: memhog verify ok {sum} on A, ticks go on (largest gap {gap} ms)"
-        ));
+        assert_memhog_survived(&svc, a, &sum, "memhog on A after B's shim vanished");
         assert_nothing_left(bed, b, &id, false, "B after its shim was killed");
         return;
     }
@@ -327,11 +312,7 @@ pub fn second_migration(bed: &Bed) {
     let f = check_migration(bed, &m, a, b, &id, "memhog 512 MiB (the first of two)");
     assert!(f.bytes >= 512 * MIB, "bytes {} < 512 MiB", f.bytes);
     assert_nothing_left(bed, a, &id, true, "the source after the migration");
-    let (ok, got) = memhog_verify(&svc, b);
-    assert!(
-        ok == "ok" && got == sum,
-        "memhog on B: verify {ok} {got}, checksum on A {sum}"
-    );
+    assert_memhog_sum(&svc, b, &sum, "memhog on B");
 }
 
 /// Bad references: clear errors, nothing done.
@@ -431,11 +412,7 @@ fn announced_id(stderr: &str) -> Option<String> {
 #[track_caller]
 fn assert_memhog_survived(svc: &Svc, sys: &System, sum: &str, what: &str) {
     svc.assert_running(sys, what);
-    let (ok, got) = memhog_verify(svc, sys);
-    assert!(
-        ok == "ok" && got == sum,
-        "{what}: memhog verify {ok} {got}, checksum at start {sum}"
-    );
+    assert_memhog_sum(svc, sys, sum, what);
     let (ticks, _) = read_ticks(svc, sys);
     let gap = check_ticks(&ticks, what);
     let n = ticks.len();
@@ -743,18 +720,12 @@ pub fn post_copy_pages_lost(bed: &Bed) {
         !err.contains("may be frozen"),
         "the source says the service may be frozen:\n{err}"
     );
-    svc.assert_running(a, "memhog on A after the failed post-copy migration");
-    let (ok, got) = memhog_verify(&svc, a);
-    assert!(
-        ok == "ok" && got == sum,
-        "memhog on A after the failed post-copy migration: verify {ok} {got}, checksum at start {sum}"
+    assert_memhog_survived(
+        &svc,
+        a,
+        &sum,
+        "memhog on A after the failed post-copy migration",
     );
-    let (ticks, _) = read_ticks(&svc, a);
-    let n = ticks.len();
-    wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
-        (read_ticks(&svc, a).0.len() > n).then_some(())
-    })
-    .expect("memhog on A ticks on after the failed migration");
     assert_nothing_left(
         bed,
         b,

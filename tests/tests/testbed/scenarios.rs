@@ -88,11 +88,7 @@ pub fn memhog_128mib(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let (svc, sum) = start_memhog(bed, a, "tbt-memhog", 128);
     let id = svc.id.clone();
-    let (ok, got) = memhog_verify(&svc, a);
-    assert!(
-        ok == "ok" && got == sum,
-        "memhog on A before the migration: verify {ok} {got}, checksum at start {sum}"
-    );
+    assert_memhog_sum(&svc, a, &sum, "memhog on A before the migration");
     let f = migrate_ok(bed, a, b, &id, "memhog 128 MiB");
     assert!(
         f.bytes >= 128 * MIB,
@@ -101,11 +97,7 @@ pub fn memhog_128mib(bed: &Bed) {
     );
     assert_nothing_left(bed, a, &id, true, "the source after the migration");
     svc.assert_running(b, "memhog on B");
-    let (ok, got) = memhog_verify(&svc, b);
-    assert!(
-        ok == "ok" && got == sum,
-        "memhog on B after the migration: verify {ok} {got}, checksum on A {sum}"
-    );
+    assert_memhog_sum(&svc, b, &sum, "memhog on B after the migration");
     let (ticks, verifies) = read_ticks(&svc, b);
     let gap = check_ticks(&ticks, "memhog's ticks across the migration");
     say(format!(
@@ -634,11 +626,7 @@ pub fn memhog_post_copy(bed: &Bed) {
     );
     assert_nothing_left(bed, a, &id, true, "the source after the migration");
     svc.assert_running(b, "memhog on B");
-    let (ok, got) = memhog_verify(&svc, b);
-    assert!(
-        ok == "ok" && got == sum,
-        "memhog on B after the post-copy migration: verify {ok} {got}, checksum on A {sum}"
-    );
+    assert_memhog_sum(&svc, b, &sum, "memhog on B after the post-copy migration");
     let (ticks, _) = read_ticks(&svc, b);
     let gap = check_ticks(&ticks, "memhog's ticks across the post-copy migration");
     say(format!(
