@@ -52,7 +52,15 @@ fn counter_value(root: &Path) -> u64 {
 /// Start restored the service (it waits for the images).
 fn start_destination(b: &Containerd, id: &str, mid: &str) -> Child {
     let ctr = b.ctr();
-    let rootfs = b.rootfs(id).to_string_lossy().into_owned();
+    let rootfs = b.rootfs(id);
+    // A `--rootfs` container's files do not travel (no snapshot, no upper dir): the
+    // destination needs the file the counter may hold open at the freeze (mid `echo > /tmp/c`),
+    // or CRIU cannot reopen it there. A host that shares or copies the rootfs would have it.
+    let c = rootfs.join("tmp/c");
+    if !c.exists() {
+        std::fs::write(&c, "").unwrap_or_else(|e| panic!("create {}: {e}", c.display()));
+    }
+    let rootfs = rootfs.to_string_lossy().into_owned();
     let log = format!("file://{}", ctr.log_file(id).display());
     let ann = format!("io.ums.restore={mid}");
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--log-uri".into(), log];
