@@ -586,10 +586,12 @@ impl Coordinator {
             }
         }
         // Images received outside the bundle (--image-dir) do not go with it; a killed shim
-        // leaves its staging dir there too (the shim names them in-<id>[.staging]).
+        // leaves its staging and page server dirs there too (the shim names them
+        // in-<id>[.staging|.pages|.pages-work]).
         if let Some(d) = &self.cfg.image_dir {
             let images = d.join(format!("in-{id}"));
-            for p in [images.with_extension("staging"), images] {
+            let beside = ["staging", "pages", "pages-work"].map(|e| images.with_extension(e));
+            for p in beside.into_iter().chain([images]) {
                 if let Err(e) = tokio::fs::remove_dir_all(&p).await {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         note(format!("removing {}: {e}", p.display()));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::protocol::{read_frame_into, write_frame, Frame, NameError, ProtocolError, VERSION};
 use crate::staging::{Staging, Step};
@@ -69,6 +69,8 @@ pub enum RecvError {
     ManifestMismatch(String),
     #[error("sender aborted: {0}")]
     PeerAborted(String),
+    #[error("{0}")]
+    Cancelled(String),
     #[error("final directory {} already exists", .0.display())]
     FinalExists(PathBuf),
     #[error("staging directory {} already exists (left by another run?)", .0.display())]
@@ -125,6 +127,9 @@ pub struct RecvOptions {
     /// Longest wait for the next frame (the sender sends keepalives while the dump is quiet):
     /// a peer that vanished without closing (host down, partition) is given up after this.
     pub idle_timeout: Option<Duration>,
+    /// Gives the stream up once it holds a reason, which the sender is told (e.g. what else
+    /// the destination receives beside the stream failed).
+    pub cancel: Option<watch::Receiver<Option<String>>>,
 }
 
 impl RecvOptions {
@@ -135,6 +140,7 @@ impl RecvOptions {
             fsync: true,
             progress: Progress::new(),
             idle_timeout: Some(Duration::from_secs(30)),
+            cancel: None,
         }
     }
 }
@@ -205,13 +211,19 @@ impl Receiver {
             Err(RecvError::Truncated)
         });
 
+        let mut cancel = opts.cancel.clone();
         let read_err = loop {
             let buf = spare
                 .try_recv()
                 .ok()
                 .and_then(|b| b.try_into_mut().ok())
                 .unwrap_or_default();
-            let frame = match next_frame(&mut reader, buf, opts.idle_timeout).await {
+            let next = tokio::select! {
+                biased;
+                reason = cancelled(&mut cancel) => break Some(RecvError::Cancelled(reason)),
+                next = next_frame(&mut reader, buf, opts.idle_timeout) => next,
+            };
+            let frame = match next {
                 Ok(Some(Frame::Keepalive)) => continue,
                 Ok(Some(f)) => f,
                 Ok(None) => break Some(RecvError::Truncated),
@@ -245,6 +257,16 @@ impl Receiver {
             (None, Err(e)) => Err(e),
         }
     }
+}
+
+/// The reason once `cancel` holds one; never without a `cancel` (or once its sender is gone).
+async fn cancelled(cancel: &mut Option<watch::Receiver<Option<String>>>) -> String {
+    if let Some(rx) = cancel {
+        if let Ok(r) = rx.wait_for(Option::is_some).await {
+            return r.clone().unwrap_or_default();
+        }
+    }
+    std::future::pending().await
 }
 
 async fn next_frame<R: AsyncRead + Unpin>(
@@ -858,6 +880,34 @@ mod tests {
         assert!(matches!(
             recv.await.unwrap(),
             Err(RecvError::ChecksumMismatch { .. })
+        ));
+        assert!(!d.staging.exists() && !d.fin.exists());
+    }
+
+    #[tokio::test]
+    async fn cancel_gives_up_and_tells_the_sender_why() {
+        // Half a stream, the sender still connected: the cancel's reason ends it.
+        let d = dirs();
+        let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+        ours.write_all(&wire(&good_stream()[..4])).await.unwrap();
+        let (cancel, cancelled) = watch::channel(None);
+        let mut opts = RecvOptions::new(TOKEN);
+        opts.cancel = Some(cancelled);
+        let recv = tokio::spawn({
+            let (s, f) = (d.staging.clone(), d.fin.clone());
+            async move { receive_over(theirs, &s, &f, &opts).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!recv.is_finished(), "gave up before the cancel");
+        cancel.send_replace(Some("the page server failed".into()));
+        match read_frame(&mut ours).await.unwrap() {
+            Some(Frame::Abort { reason }) => assert_eq!(reason, "the page server failed"),
+            other => panic!("{other:?}"),
+        }
+        drop(ours);
+        assert!(matches!(
+            recv.await.unwrap(),
+            Err(RecvError::Cancelled(r)) if r == "the page server failed"
         ));
         assert!(!d.staging.exists() && !d.fin.exists());
     }

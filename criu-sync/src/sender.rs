@@ -353,22 +353,29 @@ where
             verdict(answer).map(|()| stats)
         }
         early = &mut reply => {
-            if let Ok(Some(Frame::Ack { .. })) = early {
+            let echo = matches!(&early, Ok(Some(Frame::Abort { reason })) if reason.starts_with(ECHO));
+            match verdict(early) {
                 // Committed on the other side, so our Done is out: `run` is just finishing.
-                return run.await;
-            }
-            // A refusal while we still send. It may only echo our own abort (dump failed, a
-            // bad file): give `run` a moment to report that cause, which says more.
-            match tokio::time::timeout(Duration::from_millis(200), &mut run).await {
-                Ok(Err(e)) if !matches!(e, SendError::Stream(_)) => Err(e),
-                _ => match verdict(early) {
-                    Ok(()) => Err(SendError::UnexpectedReply("ack")),
-                    Err(e) => Err(e),
-                },
+                Ok(()) => run.await,
+                // An echo of our own abort (dump failed, a bad file): give `run` a moment to
+                // report that cause, which says more.
+                Err(refused) if echo => {
+                    match tokio::time::timeout(Duration::from_millis(200), &mut run).await {
+                        Ok(Err(e)) if !matches!(e, SendError::Stream(_)) => Err(e),
+                        _ => Err(refused),
+                    }
+                }
+                // The receiver's own refusal (e.g. what it receives beside the stream failed),
+                // or the receiver gone: the cause of whatever fails here next.
+                Err(e) => Err(e),
             }
         }
     }
 }
+
+/// How the receiver's refusal of a stream that the sender aborted begins
+/// ([`crate::receiver::RecvError::PeerAborted`]).
+const ECHO: &str = "sender aborted: ";
 
 fn verdict(reply: Result<Option<Frame>, ProtocolError>) -> Result<(), SendError> {
     match reply? {

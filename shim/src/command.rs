@@ -107,6 +107,11 @@ async fn wait_pid(
     )))
 }
 
+/// CRIU run directly (not through runc): `$UMS_CRIU`, else `criu` from the PATH.
+pub fn criu() -> Command {
+    Command::new(std::env::var("UMS_CRIU").unwrap_or_else(|_| "criu".into()))
+}
+
 /// The fd number a child gets its "ready" pipe as (`--status-fd 3` of runc and CRIU).
 pub const STATUS_FD: i32 = 3;
 
@@ -120,22 +125,10 @@ impl ReadyPipe {
     /// Makes the pipe and hands its write end to `cmd` as fd [`STATUS_FD`]. Our own copy of
     /// the write end is close-on-exec and dropped here, so other children never hold it.
     pub fn attach(cmd: &mut Command) -> Result<ReadyPipe> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
         let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::io("status pipe")(std::io::Error::from(e)))?;
         let rx = pipe::Receiver::from_owned_fd(rx).map_err(Error::io("status pipe"))?;
-        // The closure owns the write end: it closes when `cmd` is dropped, so the read end
-        // sees EOF once the child is gone too.
-        // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(tx.as_raw_fd(), STATUS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_fd(cmd, tx, STATUS_FD);
         Ok(ReadyPipe { rx })
     }
 
@@ -144,5 +137,43 @@ impl ReadyPipe {
     pub async fn ready(mut self) -> bool {
         let mut b = [0u8; 1];
         matches!(self.rx.read(&mut b).await, Ok(1))
+    }
+}
+
+/// Hands `fd` to `cmd`'s child as fd number `target`. Our copy stays close-on-exec and lives
+/// in `cmd` (dropped with it), so no other child ever holds it.
+pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, target: i32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
+    // dup2 clears close-on-exec on the new fd, except when it is the same fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd.as_raw_fd() == target {
+                libc::fcntl(target, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd.as_raw_fd(), target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child gets SIGKILL when the shim dies (a helper that must not outlive the migration it
+/// serves). Tied to the spawning thread: call from a tokio worker, which lives as long as the
+/// shim, not from a blocking-pool thread.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

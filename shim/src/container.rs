@@ -18,6 +18,7 @@ use crate::{
     lazy_pages::{PagesIn, Serving},
     metrics,
     migration::{DumpJob, Incoming, Outgoing, RestoreJob, CRIU_CONF, RESTORE_ANNOTATION},
+    precopy_pages::PagesDir,
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,
@@ -627,7 +628,13 @@ impl Container {
             i.abort("task deleted");
             // Images received outside the bundle do not go with it.
             if let Ok(images) = i.images() {
-                for d in [images.with_extension("staging"), images] {
+                let pages = PagesDir::beside(&images);
+                for d in [
+                    images.with_extension("staging"),
+                    pages.dir,
+                    pages.work,
+                    images,
+                ] {
                     if let Err(e) = tokio::fs::remove_dir_all(&d).await {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             warn!("remove {}: {e}", d.display());

@@ -2,12 +2,7 @@
 //! server once Dump returned ([`Serving`]), and the destination's lazy-pages daemon, which
 //! fetches the restored service's memory from it, on fault and in the background, and exits
 //! once it has it all ([`Daemon`], [`PagesIn`]).
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use log::info;
 use tokio::{net::TcpStream, sync::watch};
@@ -101,7 +96,7 @@ impl Daemon {
     /// returns once it takes restores (on its socket in `work`, the restore's work dir).
     pub async fn start(page_server: SocketAddr, images: &Path, work: &Path) -> Result<Daemon> {
         raise_pipe_max_size()?;
-        let mut cmd = Command::new(std::env::var("UMS_CRIU").unwrap_or_else(|_| "criu".into()));
+        let mut cmd = command::criu();
         cmd.args(["lazy-pages", "--page-server", "--address"])
             .arg(page_server.ip().to_string())
             .arg("--port")

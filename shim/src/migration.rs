@@ -2,9 +2,11 @@
 //! (proto/ums/v1/migration.proto).
 //!
 //! Source: the service is frozen (cgroup freezer), checkpointed by CRIU with
-//! `--leave-running` (so it stays frozen and can resume), and the images plus the changes of
-//! its writable layer are streamed by criu-sync while CRIU writes them. It stays frozen until
-//! Commit (killed: the destination runs it) or Abort (resumed: nothing lost).
+//! `--leave-running` (so it stays frozen and can resume), its memory pages go straight to a
+//! CRIU page server at the destination ([`precopy_pages`]) and the other images plus the
+//! changes of its writable layer are streamed by criu-sync while CRIU writes them (post-copy:
+//! the destination fetches the pages later, [`lazy_pages`]). It stays frozen until Commit
+//! (killed: the destination runs it) or Abort (resumed: nothing lost).
 //! Destination: a task created with the restore marker has an outer but no service; Prepare
 //! receives the images, and containerd's Start restores the service into the fresh outer.
 use std::{
@@ -24,6 +26,7 @@ use crate::{
     criu_stats,
     error::{Error, Result},
     lazy_pages::{self, PagesIn, Serving},
+    precopy_pages::{self, PagesDir},
     runc::{CheckpointOpts, ChildStdio, RestoreOpts, Runc},
 };
 
@@ -163,25 +166,7 @@ impl Incoming {
         self.phase = "receiving";
         self.images = Some(dir.clone());
         self.receiver = Some(tokio::spawn(async move {
-            let staging = dir.with_extension("staging");
-            let res = async {
-                let (stream, peer) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
-                    .await
-                    .map_err(|_| format!("no source connected within {ACCEPT_TIMEOUT:?}"))?
-                    .map_err(|e| format!("accept: {e}"))?;
-                let _ = stream.set_nodelay(true);
-                info!("migration {mid}: receiving images from {peer}");
-                receiver::receive_over(stream, &staging, &dir, &opts)
-                    .await
-                    .map(|s| {
-                        info!(
-                            "migration {mid}: received {} files, {} bytes in {:?}",
-                            s.files, s.bytes, s.elapsed
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            .await;
+            let res = receive(listener, &dir, opts, &mid).await;
             if let Err(e) = &res {
                 warn!("migration {mid}: receive failed: {e}");
             }
@@ -189,6 +174,76 @@ impl Incoming {
         }));
         Ok(addr)
     }
+}
+
+/// Destination: takes the source's stream on `listener` and receives it into `dir` (through
+/// its staging dir); pre-copy, also the pages from the source's CRIU, on a second connection
+/// ([`precopy_pages`]), moved into `dir` once both are complete. On error nothing is left.
+async fn receive(
+    listener: tokio::net::TcpListener,
+    dir: &Path,
+    mut opts: RecvOptions,
+    mid: &str,
+) -> std::result::Result<(), String> {
+    let pages = PagesDir::beside(dir);
+    let res = async {
+        let (stream, peer) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
+            .await
+            .map_err(|_| format!("no source connected within {ACCEPT_TIMEOUT:?}"))?
+            .map_err(|e| format!("accept: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        info!("migration {mid}: receiving images from {peer}");
+        // A failed page server ends the stream too, telling the source why.
+        let (cancel, cancelled) = watch::channel(None);
+        opts.cancel = Some(cancelled);
+        let served = pages.serve(listener, peer.ip(), opts.limits.max_total_bytes, mid);
+        let staging = dir.with_extension("staging");
+        let received = receiver::receive_over(stream, &staging, dir, &opts);
+        tokio::pin!(served, received);
+        let mut pages_done = None;
+        let received = loop {
+            tokio::select! {
+                r = &mut received => break r,
+                p = &mut served, if pages_done.is_none() => {
+                    if let Err(e) = &p {
+                        cancel.send_replace(Some(format!("the page server: {e}")));
+                    }
+                    pages_done = Some(p);
+                }
+            }
+        };
+        let s = received.map_err(|e| e.to_string())?;
+        info!(
+            "migration {mid}: received {} files, {} bytes in {:?}",
+            s.files, s.bytes, s.elapsed
+        );
+        if !dir.join(precopy_pages::MARKER).exists() {
+            // Post-copy: no pages come that way (an unasked page server is killed).
+            return Ok(());
+        }
+        let served = match pages_done {
+            Some(p) => p,
+            None => tokio::time::timeout(precopy_pages::FINISH_TIMEOUT, served)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "the pages did not arrive within {:?} of the other images",
+                        precopy_pages::FINISH_TIMEOUT
+                    ))
+                }),
+        };
+        served.map_err(|e| format!("the page server: {e}"))?;
+        pages.merge_into(dir).await?;
+        info!("migration {mid}: the pages are in");
+        Ok(())
+    }
+    .await;
+    // Merged, not needed or failed: the page server is gone by now.
+    pages.remove().await;
+    if res.is_err() {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+    res
 }
 
 /// Figures of a finished dump.
@@ -329,6 +384,18 @@ impl DumpJob {
         } else {
             None
         };
+        // Pre-copy: CRIU sends the pages straight from its pipes to a page server the peer
+        // runs behind the same port (no image of them written here, none read back to be
+        // streamed); the marker tells the peer to wait for them.
+        let pages_to = match page_server {
+            Some(ps) => ps,
+            None => {
+                tokio::fs::write(images.join(precopy_pages::MARKER), b"")
+                    .await
+                    .map_err(Error::io("write the page server marker"))?;
+                stream.peer_addr().map_err(Error::io("stream address"))?
+            }
+        };
 
         let t0 = Instant::now();
         self.runc.pause(SERVICE).await?;
@@ -340,7 +407,8 @@ impl DumpJob {
             image_path: images.to_path_buf(),
             work_path: work.to_path_buf(),
             leave_running: true,
-            lazy_pages: page_server.map(|a| a.to_string()),
+            page_server: Some(pages_to.to_string()),
+            lazy_pages: post_copy,
             ..Default::default()
         };
         type Checkpoint = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
@@ -402,6 +470,13 @@ impl DumpJob {
         let tar = finished(tar_done).await;
         let (sent, checkpoint) = match (sent, checkpoint.and_then(|c| tar.map(|_| c))) {
             (Ok(s), Ok(elapsed)) => (s, elapsed),
+            // Unless it only echoes the dump's failure, the stream's says why the dump failed
+            // too: the peer refused (e.g. its page server failed) or vanished.
+            (Err(e), Err(c)) if !matches!(e, criu_sync::SendError::DumpFailed(_)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "checkpoint failed: {c}; the stream to {peer} failed: {e}"
+                )))
+            }
             (_, Err(e)) => {
                 return Err(Error::FailedPrecondition(format!("checkpoint failed: {e}")))
             }
@@ -411,16 +486,18 @@ impl DumpJob {
                 )))
             }
         };
+        let stats = if post_copy {
+            None
+        } else {
+            dump_stats(work, images)
+        };
         let out = DumpStats {
-            bytes: sent.bytes,
+            // Pre-copy: the pages went through the page server, beside the stream.
+            bytes: sent.bytes + stats.map_or(0, |s| s.pages_written * page_size()),
             files: sent.files,
             checkpoint_ms: checkpoint.as_millis() as u64,
             transfer_ms: t0.elapsed().as_millis() as u64,
-            frozen_ms: if post_copy {
-                0
-            } else {
-                dump_stats(work, images).map_or(0, |s| s.frozen_us / 1000)
-            },
+            frozen_ms: stats.map_or(0, |s| s.frozen_us / 1000),
             // Post-copy: what the destination will fetch (CRIU 4.2's stats do not count it).
             pages_bytes: if post_copy {
                 criu_stats::lazy_pages(images) * page_size()
@@ -630,8 +707,11 @@ impl RestoreJob<'_> {
         );
         let images = images.to_path_buf();
         let Some(d) = daemon else {
-            let _ = tokio::fs::remove_dir_all(&images).await;
-            let _ = tokio::fs::remove_dir_all(&work).await;
+            // Not on the restore's path: freeing a GiB of tmpfs pages takes ~0.1 s here.
+            tokio::spawn(async move {
+                let _ = tokio::fs::remove_dir_all(&images).await;
+                let _ = tokio::fs::remove_dir_all(&work).await;
+            });
             return Ok((pid, None));
         };
         let (tx, done) = watch::channel(None);

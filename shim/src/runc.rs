@@ -47,9 +47,12 @@ pub struct CheckpointOpts {
     pub file_locks: bool,
     pub empty_ns: Vec<String>,
     pub cgroups_mode: Option<String>,
+    /// With `lazy_pages`: the `ip:port` CRIU's own page server listens on. Without: the
+    /// `ip:port` of a page server CRIU sends the memory pages to, instead of the image dir.
+    pub page_server: Option<String>,
     /// Post-copy: dump all but the memory pages, then serve those from the frozen service on
-    /// this `ip:port` (CRIU's page server) until the destination has them all.
-    pub lazy_pages: Option<String>,
+    /// `page_server` until the destination has them all.
+    pub lazy_pages: bool,
 }
 
 /// Where `runc restore` finds its images and leaves its pid.
@@ -308,7 +311,7 @@ impl Runc {
         self.checkpoint_result(command::output(cmd).await, args, opts)
     }
 
-    /// A lazy checkpoint (`opts.lazy_pages` set): resolves `ready` once CRIU's page server
+    /// A lazy checkpoint (`opts.lazy_pages` and `opts.page_server` set): resolves `ready` once CRIU's page server
     /// listens (everything but the pages is written), and the returned future once the
     /// destination has fetched every page (or the transfer failed; CRIU then thaws the
     /// service's tasks, the cgroup stays as runc left it).
@@ -354,14 +357,15 @@ impl Runc {
         if let Some(mode) = &opts.cgroups_mode {
             args.extend(["--manage-cgroups-mode".into(), mode.clone()]);
         }
-        if let Some(ps) = &opts.lazy_pages {
+        if opts.lazy_pages {
             args.extend([
                 "--lazy-pages".into(),
-                "--page-server".into(),
-                ps.clone(),
                 "--status-fd".into(),
                 command::STATUS_FD.to_string(),
             ]);
+        }
+        if let Some(ps) = &opts.page_server {
+            args.extend(["--page-server".into(), ps.clone()]);
         }
         args.push(id.into());
         let mut cmd = self.command(None);

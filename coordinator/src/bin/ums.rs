@@ -128,7 +128,8 @@ struct CoordinatorArgs {
     /// this many seconds is removed.
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     incoming_timeout: u64,
-    /// Refuse incoming image streams larger than this many bytes (0: no limit).
+    /// Refuse incoming image streams larger than this many bytes (0: no limit); the memory
+    /// pages that pre-copy sends beside the stream are held to it too.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     max_stream_bytes: u64,
     /// Cgroup parent of the ctr-style containers this coordinator recreates:

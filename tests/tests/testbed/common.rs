@@ -729,8 +729,8 @@ pub fn check_ticks(ticks: &[Tick], what: &str) -> u64 {
     max_gap
 }
 
-/// Bytes in the destination shim's image staging dir(s) of container `id` on `sys` (the stream
-/// while it arrives; the dir is renamed once complete): in its bundle, or in the coordinator's
+/// Bytes in the destination shim's image staging and page server dir(s) of container `id` on
+/// `sys` (the stream and the pages while they arrive; both are gone once complete): in its bundle, or in the coordinator's
 /// image dir (any container's: the tests run one at a time).
 pub fn staging_bytes(sys: &System, id: &str) -> u64 {
     let bundle = sys
@@ -744,7 +744,8 @@ pub fn staging_bytes(sys: &System, id: &str) -> u64 {
         .into_iter()
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
     for e in entries {
-        if e.file_name().to_string_lossy().ends_with(".staging") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".staging") || name.ends_with(".pages") {
             for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                 total += f.metadata().map(|m| m.len()).unwrap_or(0);
             }
