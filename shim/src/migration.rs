@@ -36,12 +36,16 @@ pub const RESTORE_ANNOTATION: &str = "io.ums.restore";
 pub const ROOTFS_DIFF: &str = "ums-rootfs.tar";
 /// CRIU's configuration file for the service (runc passes it, see `spec.rs`), in its bundle.
 pub const CRIU_CONF: &str = "criu.conf";
-/// What a migration's dump tells CRIU beyond runc's options: no network lock. The service's
-/// netns is the outer's, which outlives the dump; no established TCP connection is dumped
-/// (no --tcp-established), so there is nothing the lock would protect, while its two
-/// iptables-restore runs at each of dump and restore cost ~80 ms of the freeze apiece. The
-/// restore takes the method from the dump's inventory.
-const MIGRATION_CRIU_CONF: &str = "network-lock skip\n";
+/// What a migration's dump and restore tell CRIU beyond runc's options.
+/// - No network lock: the service's netns is the outer's, which outlives the dump; no
+///   established TCP connection is dumped (no --tcp-established), so there is nothing the
+///   lock would protect, while its two iptables-restore runs at each of dump and restore cost
+///   ~80 ms of the freeze apiece. The restore takes the method from the dump's inventory.
+/// - Cgroups left to runc (runc 1.1 has no `--manage-cgroups-mode ignore`): runc puts CRIU
+///   into the service's cgroups, so the restored tasks land there, with the limits of the
+///   destination's own container; CRIU's soft mode mounted every controller and read every
+///   property inside the freeze (~12-15 ms here), for settings the destination must not take.
+const MIGRATION_CRIU_CONF: &str = "network-lock skip\nmanage-cgroups=ignore\n";
 /// Post-copy: sent beside the images, names the source's page server (`ip:port`).
 pub const PAGE_SERVER_FILE: &str = "ums-page-server";
 /// How long a destination waits for a source to connect.
@@ -288,13 +292,9 @@ impl DumpJob {
                 .await
                 .map_err(Error::io(format!("create {}", d.display())))?;
         }
-        let conf = self.dir.join(SERVICE).join(CRIU_CONF);
-        tokio::fs::write(&conf, MIGRATION_CRIU_CONF)
-            .await
-            .map_err(Error::io(format!("write {}", conf.display())))?;
-        let res = self.stream(&images, &work, peer, token, post_copy).await;
-        // CRIU read it when it started.
-        let _ = tokio::fs::remove_file(&conf).await;
+        let service = self.dir.join(SERVICE);
+        let streamed = self.stream(&images, &work, peer, token, post_copy);
+        let res = with_criu_conf(&service, streamed).await;
         match res {
             Ok((stats, Some((page_server, finish)))) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
@@ -518,6 +518,22 @@ impl DumpJob {
     }
 }
 
+/// Runs `f` with the migration's CRIU configuration in the service's bundle, where runc hands
+/// it to the CRIU it starts; removed afterwards (CRIU read it when it started), since a plain
+/// checkpoint of the task takes CRIU's defaults.
+async fn with_criu_conf<T>(
+    service_bundle: &Path,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let conf = service_bundle.join(CRIU_CONF);
+    tokio::fs::write(&conf, MIGRATION_CRIU_CONF)
+        .await
+        .map_err(Error::io(format!("write {}", conf.display())))?;
+    let res = f.await;
+    let _ = tokio::fs::remove_file(&conf).await;
+    res
+}
+
 /// CRIU's stats-dump (in the work dir, or the image dir).
 fn dump_stats(work: &Path, images: &Path) -> Option<criu_stats::CriuStats> {
     criu_stats::read(work, "stats-dump").or_else(|| criu_stats::read(images, "stats-dump"))
@@ -662,6 +678,13 @@ impl RestoreJob<'_> {
                 ),
             }
         }
+        let service = self.service_bundle;
+        with_criu_conf(service, self.restore(stdio, work)).await
+    }
+
+    /// The restore proper, with the migration's CRIU configuration in place.
+    async fn restore(self, stdio: ChildStdio, work: PathBuf) -> Result<(i32, Option<PagesIn>)> {
+        let images = self.images;
         let t0 = Instant::now();
         // Post-copy: the pages come from the source's page server through a lazy-pages
         // daemon, which must take restores before the restore starts.
