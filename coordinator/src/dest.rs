@@ -586,12 +586,9 @@ impl Coordinator {
             }
         }
         // Images received outside the bundle (--image-dir) do not go with it; a killed shim
-        // leaves its staging and page server dirs there too (the shim names them
-        // in-<id>[.staging|.pages|.pages-work]).
+        // leaves its staging and page server dirs there too (the shim names them in-<id>...).
         if let Some(d) = &self.cfg.image_dir {
-            let images = d.join(format!("in-{id}"));
-            let beside = ["staging", "pages", "pages-work"].map(|e| images.with_extension(e));
-            for p in beside.into_iter().chain([images]) {
+            for p in ums_shim::migration::received_dirs(&d.join(format!("in-{id}"))) {
                 if let Err(e) = tokio::fs::remove_dir_all(&p).await {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         note(format!("removing {}: {e}", p.display()));

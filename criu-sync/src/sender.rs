@@ -393,6 +393,12 @@ mod tests {
     use bytes::Bytes;
     use std::future::pending;
 
+    #[test]
+    fn echo_is_how_the_receiver_words_a_sender_abort() {
+        let e = RecvError::PeerAborted("criu failed".into()).to_string();
+        assert!(e.starts_with(ECHO), "{e:?} does not start with {ECHO:?}");
+    }
+
     struct Setup {
         tmp: tempfile::TempDir,
         src: PathBuf,

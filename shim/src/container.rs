@@ -17,8 +17,9 @@ use crate::{
     holder,
     lazy_pages::{PagesIn, Serving},
     metrics,
-    migration::{DumpJob, Incoming, Outgoing, RestoreJob, CRIU_CONF, RESTORE_ANNOTATION},
-    precopy_pages::PagesDir,
+    migration::{
+        received_dirs, DumpJob, Incoming, Outgoing, RestoreJob, CRIU_CONF, RESTORE_ANNOTATION,
+    },
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
     spec::BundleSpec,
@@ -628,13 +629,7 @@ impl Container {
             i.abort("task deleted");
             // Images received outside the bundle do not go with it.
             if let Ok(images) = i.images() {
-                let pages = PagesDir::beside(&images);
-                for d in [
-                    images.with_extension("staging"),
-                    pages.dir,
-                    pages.work,
-                    images,
-                ] {
+                for d in received_dirs(&images) {
                     if let Err(e) = tokio::fs::remove_dir_all(&d).await {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             warn!("remove {}: {e}", d.display());

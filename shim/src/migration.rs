@@ -201,7 +201,7 @@ async fn receive(
         let (cancel, cancelled) = watch::channel(None);
         opts.cancel = Some(cancelled);
         let served = pages.serve(listener, peer.ip(), opts.limits.max_total_bytes, mid);
-        let staging = dir.with_extension("staging");
+        let staging = staging_dir(dir);
         let received = receiver::receive_over(stream, &staging, dir, &opts);
         tokio::pin!(served, received);
         let mut pages_done = None;
@@ -248,6 +248,23 @@ async fn receive(
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
     res
+}
+
+/// Every directory that receiving into `images` makes, `images` last: what a deleted or
+/// given-up destination leaves to remove (a killed shim cannot clean up itself).
+pub fn received_dirs(images: &Path) -> [PathBuf; 4] {
+    let pages = PagesDir::beside(images);
+    [
+        staging_dir(images),
+        pages.dir,
+        pages.work,
+        images.to_path_buf(),
+    ]
+}
+
+/// Where the stream is received before it is complete and renamed to `images`.
+fn staging_dir(images: &Path) -> PathBuf {
+    images.with_extension("staging")
 }
 
 /// Figures of a finished dump.

@@ -311,10 +311,10 @@ impl Runc {
         self.checkpoint_result(command::output(cmd).await, args, opts)
     }
 
-    /// A lazy checkpoint (`opts.lazy_pages` and `opts.page_server` set): resolves `ready` once CRIU's page server
-    /// listens (everything but the pages is written), and the returned future once the
-    /// destination has fetched every page (or the transfer failed; CRIU then thaws the
-    /// service's tasks, the cgroup stays as runc left it).
+    /// A lazy checkpoint (`opts.lazy_pages` and `opts.page_server` set): resolves `ready`
+    /// once CRIU's page server listens (everything but the pages is written), and the
+    /// returned future once the destination has fetched every page (or the transfer failed;
+    /// CRIU then thaws the service's tasks, the cgroup stays as runc left it).
     pub fn checkpoint_lazy(
         &self,
         id: &str,

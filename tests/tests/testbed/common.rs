@@ -730,8 +730,8 @@ pub fn check_ticks(ticks: &[Tick], what: &str) -> u64 {
 }
 
 /// Bytes in the destination shim's image staging and page server dir(s) of container `id` on
-/// `sys` (the stream and the pages while they arrive; both are gone once complete): in its bundle, or in the coordinator's
-/// image dir (any container's: the tests run one at a time).
+/// `sys` (the stream and the pages while they arrive; both are gone once complete): in its
+/// bundle, or in the coordinator's image dir (any container's: the tests run one at a time).
 pub fn staging_bytes(sys: &System, id: &str) -> u64 {
     let bundle = sys
         .state()
