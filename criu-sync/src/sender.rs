@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use inotify::{Inotify, WatchMask};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::collector::{Collector, WAKE_DONE};
 use crate::protocol::{read_frame, write_frame, Frame, ProtocolError, MAX_DATA, VERSION};
@@ -185,7 +185,13 @@ impl Sender {
         let chunk = self.opts.chunk_size.min(MAX_DATA);
         let opts = self.opts;
         let collector = Collector::new(self.dir, self.inotify, wake_peer, tx, spare, chunk);
-        let handle = tokio::task::spawn_blocking(move || collector.run());
+        let (collected_tx, collected_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let (res, watch) = collector.run();
+            let _ = collected_tx.send(res);
+            // Closed after the outcome is out: it may wait for an SRCU grace period.
+            drop(watch);
+        });
 
         let (abort_tx, abort_rx) = watch::channel(None::<String>);
         let mut wake = Some(wake);
@@ -219,10 +225,10 @@ impl Sender {
         };
         drop(wake);
         // The writer is finished, so its channel is closed: the collector stops soon. Wait
-        // for it so its descriptors (inotify, open images) are gone when we return.
-        let collected = match handle.await {
+        // for it so its open images are closed when we return (the watch may outlive it).
+        let collected = match collected_rx.await {
             Ok(r) => r,
-            Err(e) => Err(SendError::Internal(format!("collector thread: {e}"))),
+            Err(_) => Err(SendError::Internal("the collector thread panicked".into())),
         };
         match ended? {
             Ended::DumpFailed(reason) => Err(SendError::DumpFailed(reason)),
