@@ -156,11 +156,15 @@ printf 'blob.md5=%s\n' "$(cut -d' ' -f1 /data/blob.md5)"
 printf 'mode=%s\n' "$(stat -c %a /data/x)"
 printf 'passwd=%s\n' "$(tail -n1 /etc/passwd)"
 for f in /etc/group /root; do if [ -e "$f" ]; then echo "$f=present"; else echo "$f=deleted"; fi; done
+printf 'run=%s %s\n' "$(stat -c '%a %u:%g' /run)" "$(ls -A /run | wc -l)"
+printf 'run-writable=%s\n' "$(touch /run/w 2>&1 && rm /run/w && echo yes)"
 "#;
 
 /// Files the service wrote into its rootfs (new dir, file, symlink, 1 MiB blob, a changed and a
 /// deleted file of the image, a deleted dir of the image) and into its /dev/shm tmpfs are on B as
-/// they were (the writable-layer diff, ums-rootfs.tar, applied on B's upperdir; shm by CRIU).
+/// they were (the writable-layer diff, ums-rootfs.tar, applied on B's upperdir; shm by CRIU), and
+/// its empty /run tmpfs (which CRIU patch 0004 sends as a 0-byte image, no tar) is there, empty,
+/// with the same mode and owner, and writable.
 pub fn files_written(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let script = "mkdir -p /data && echo data-x > /data/x && chmod 640 /data/x \
@@ -197,6 +201,8 @@ pub fn files_written(bed: &Bed) {
         "passwd=extra:x:1000:1000::/:/bin/sh",
         "/etc/group=deleted",
         "/root=deleted",
+        "run=755 0:0 0",
+        "run-writable=yes",
     ];
     for w in want {
         assert!(
