@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks UMS live migration against plain runc+CRIU baselines on the test bed (issue 4).
 # Usage (root): hack/bench.sh [--sizes 0,64,128,...] [--procs 1,2,4,8] [--reps N] [--rate 1gbit|off]
-#                             [--methods ums,ums-postcopy,orchestrator,stop-and-copy,page-server]
+#                             [--methods ums,ums-held,ums-postcopy,orchestrator,stop-and-copy,page-server]
 #                             [--child-mib M] [--sync-mib 512] [--link-reps 3] [--keep]
 # Installs what it needs (hack/install-deps.sh; rsync and openssh for the stop-and-copy
 # baseline), builds the workspace (release) and the static workloads, brings the test bed up
@@ -9,10 +9,11 @@
 # which first probes the link (raw TCP with tcpblast and the criu-sync binary streaming
 # --sync-mib MiB, alternated --link-reps times), writes bench/results/<time>-<rate>.json,
 # bench/results/latest.md and the PNG plots, and tears the test bed down unless --keep.
-# Defaults: --sizes 0,128 --procs 1 --reps 3, all five methods (ums-postcopy: ums migrate --post-copy;
-# orchestrator: UMS orchestrator-level; each skipped with a note when ums migrate lacks its flag), the
-# link left unshaped. Unshaped with 1024 but not 0 in --sizes, ums and ums-postcopy also run at 0 MiB
-# (K=1, --reps times) for the 1024 MiB total target. Issue 4's check: hack/bench.sh --sizes 128,1024 --reps 5
+# Defaults: --sizes 0,128 --procs 1 --reps 3, all six methods (ums-held: ums migrate --post-copy
+# --hold; ums-postcopy: ums migrate --post-copy; orchestrator: UMS orchestrator-level; each skipped
+# with a note when ums migrate lacks its flag), the link left unshaped. Unshaped with 1024 but not
+# 0 in --sizes, the container-level UMS methods also run at 0 MiB (K=1, --reps times) for the
+# 1024 MiB total target. Issue 4's check: hack/bench.sh --sizes 128,1024 --reps 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -38,13 +38,14 @@ struct Cli {
     /// Repetitions of each (size, K, method).
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Methods, comma-separated: ums, ums-postcopy (`ums migrate --post-copy`), orchestrator
-    /// (UMS orchestrator-level), stop-and-copy, page-server. ums-postcopy and orchestrator are
-    /// skipped with a note when `ums migrate` lacks --post-copy / --approach.
+    /// Methods, comma-separated: ums, ums-held (`ums migrate --post-copy --hold`),
+    /// ums-postcopy (`ums migrate --post-copy`), orchestrator (UMS orchestrator-level),
+    /// stop-and-copy, page-server. ums-held, ums-postcopy and orchestrator are skipped with a
+    /// note when `ums migrate` lacks --hold / --post-copy / --approach.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ums,ums-postcopy,orchestrator,stop-and-copy,page-server"
+        default_value = "ums,ums-held,ums-postcopy,orchestrator,stop-and-copy,page-server"
     )]
     methods: Vec<String>,
     /// MiB held by each of the K-1 children (memhog --child-mib).

@@ -153,6 +153,9 @@ pub enum Approach {
     /// Container-level with `--post-copy` (CRIU lazy pages: the service restarts at b before
     /// its memory has arrived; the pages follow).
     ContainerPostCopy,
+    /// Container-level with `--post-copy --hold` (lazy pages, the restored service held frozen
+    /// until every page is in).
+    ContainerHeld,
     /// Orchestrator-level: a plain runc container (`io.containerd.runc.v2`),
     /// `--approach orchestrator`.
     Orchestrator,
@@ -164,6 +167,7 @@ impl Approach {
         match m {
             crate::record::UMS => Some(Approach::Container),
             crate::record::UMS_POSTCOPY => Some(Approach::ContainerPostCopy),
+            crate::record::UMS_HELD => Some(Approach::ContainerHeld),
             crate::record::ORCHESTRATOR => Some(Approach::Orchestrator),
             _ => None,
         }
@@ -173,13 +177,16 @@ impl Approach {
         match self {
             Approach::Container => crate::record::UMS,
             Approach::ContainerPostCopy => crate::record::UMS_POSTCOPY,
+            Approach::ContainerHeld => crate::record::UMS_HELD,
             Approach::Orchestrator => crate::record::ORCHESTRATOR,
         }
     }
 
     fn runtime(self) -> &'static str {
         match self {
-            Approach::Container | Approach::ContainerPostCopy => "io.containerd.ums.v1",
+            Approach::Container | Approach::ContainerPostCopy | Approach::ContainerHeld => {
+                "io.containerd.ums.v1"
+            }
             Approach::Orchestrator => "io.containerd.runc.v2",
         }
     }
@@ -188,6 +195,7 @@ impl Approach {
         match self {
             Approach::Container => &[],
             Approach::ContainerPostCopy => &["--post-copy"],
+            Approach::ContainerHeld => &["--post-copy", "--hold"],
             Approach::Orchestrator => &["--approach", "orchestrator"],
         }
     }
@@ -197,6 +205,7 @@ impl Approach {
         match self {
             Approach::Container => None,
             Approach::ContainerPostCopy => Some(("--post-copy", "post-copy migration")),
+            Approach::ContainerHeld => Some(("--hold", "held post-copy migration")),
             Approach::Orchestrator => Some(("--approach", "orchestrator-level migration")),
         }
     }
@@ -396,12 +405,18 @@ fn ums_inner(
     r.shim_src_hwm_kib = sys::peak_kib(&samples, "shim-a");
     r.shim_dst_hwm_kib = sys::peak_kib(&samples, "shim-b");
     r.criu_hwm_kib = sys::peak_kib(&samples, "criu");
-    let post_copy = j.get("post_copy").and_then(|v| v.as_bool()) == Some(true);
+    let flag = |k: &str| j.get(k).and_then(|v| v.as_bool()) == Some(true);
+    let (post_copy, hold) = (flag("post_copy"), flag("hold"));
     r.extra = Some(j);
-    if post_copy != (approach == Approach::ContainerPostCopy) {
+    let want = match approach {
+        Approach::ContainerPostCopy => (true, false),
+        Approach::ContainerHeld => (true, true),
+        Approach::Container | Approach::Orchestrator => (false, false),
+    };
+    if (post_copy, hold) != want {
         // the figures would be filed under the wrong method
         return Err(format!(
-            "ums migrate {:?} reported post_copy: {post_copy}",
+            "ums migrate {:?} reported post_copy: {post_copy}, hold: {hold}",
             approach.migrate_args()
         ));
     }

@@ -9,7 +9,9 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::record::{METHODS, ORCHESTRATOR, PAGE_SERVER, PHASES, STOP_AND_COPY, UMS, UMS_POSTCOPY};
+use crate::record::{
+    METHODS, ORCHESTRATOR, PAGE_SERVER, PHASES, STOP_AND_COPY, UMS, UMS_HELD, UMS_POSTCOPY,
+};
 use crate::report::{find, summarize_runs, BenchFile, Group};
 
 const FONTS: &[&str] = &[
@@ -31,6 +33,7 @@ fn color_of(m: &str) -> RGBColor {
     match m {
         UMS => RGBColor(0xd6, 0x27, 0x28),
         UMS_POSTCOPY => RGBColor(0x8c, 0x56, 0x4b),
+        UMS_HELD => RGBColor(0xe3, 0x77, 0xc2),
         STOP_AND_COPY => RGBColor(0x1f, 0x77, 0xb4),
         PAGE_SERVER => RGBColor(0x2c, 0xa0, 0x2c),
         ORCHESTRATOR => RGBColor(0x94, 0x67, 0xbd),
@@ -43,6 +46,7 @@ fn short(m: &str) -> (&str, &str) {
     match m {
         UMS => ("UMS", "UMS container-level"),
         UMS_POSTCOPY => ("UMS-PC", "UMS post-copy"),
+        UMS_HELD => ("UMS-H", "UMS post-copy, held"),
         STOP_AND_COPY => ("S&C", "stop-and-copy (rsync)"),
         PAGE_SERVER => ("PS", "CRIU page-server"),
         ORCHESTRATOR => ("ORCH", "UMS orchestrator-level"),

@@ -8,17 +8,28 @@ pub const UMS: &str = "ums";
 /// UMS container-level with post-copy: `ums migrate --post-copy` (CRIU lazy pages: the service
 /// runs at the destination before its memory has arrived; the pages follow).
 pub const UMS_POSTCOPY: &str = "ums-postcopy";
+/// UMS container-level, post-copy held: `ums migrate --post-copy --hold` (the service is
+/// restored at the destination while its pages stream in, and held frozen until the last one
+/// is in: it runs nowhere with memory missing, as in pre-copy).
+pub const UMS_HELD: &str = "ums-held";
 pub const STOP_AND_COPY: &str = "stop-and-copy";
 pub const PAGE_SERVER: &str = "page-server";
 /// UMS orchestrator-level: `ums migrate --approach orchestrator` of a plain runc container.
 pub const ORCHESTRATOR: &str = "orchestrator";
 /// Every method, in the order of the tables.
-pub const METHODS: &[&str] = &[UMS, UMS_POSTCOPY, STOP_AND_COPY, PAGE_SERVER, ORCHESTRATOR];
+pub const METHODS: &[&str] = &[
+    UMS,
+    UMS_HELD,
+    UMS_POSTCOPY,
+    STOP_AND_COPY,
+    PAGE_SERVER,
+    ORCHESTRATOR,
+];
 /// The UMS methods (the ratio table has a row for each against the baselines).
-pub const UMS_METHODS: &[&str] = &[UMS, UMS_POSTCOPY, ORCHESTRATOR];
+pub const UMS_METHODS: &[&str] = &[UMS, UMS_HELD, UMS_POSTCOPY, ORCHESTRATOR];
 /// The container-level UMS methods: the ones issue 4's targets are about (and the idle shim,
 /// ours; orchestrator-level runs under runc's shim).
-pub const CONTAINER_LEVEL: &[&str] = &[UMS, UMS_POSTCOPY];
+pub const CONTAINER_LEVEL: &[&str] = &[UMS, UMS_HELD, UMS_POSTCOPY];
 /// The phases in the order they happen (the stacked bars).
 pub const PHASES: &[&str] = &[
     "pre_migration",

@@ -46,6 +46,11 @@ pub struct MigrateRequest {
     /// The source stays frozen until every page is in and resumes if the transfer fails.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_copy: bool,
+    /// With `post_copy`: the restored service stays frozen at the destination until its last
+    /// page is in, so it runs nowhere with memory missing: a pre-copy's guarantee (a failure
+    /// resumes the source, nothing lost) with the restore overlapping the page transfer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
 }
 
 /// The interface through which the destination creates the container (see
@@ -509,6 +514,10 @@ pub struct Report {
     /// Post-copy was asked for (`phases_ms.post_copy` says how long the pages took).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_copy: bool,
+    /// Post-copy, held: the service was frozen at the destination until every page was in
+    /// (`downtime_ms` includes `phases_ms.post_copy`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
     pub dump: DumpFigures,
     pub location: Location,
     /// Post-migration steps that did not go cleanly (the service runs at the destination).
@@ -657,6 +666,7 @@ pub(crate) mod tests {
             bytes: 134217728,
             pages_bytes: None,
             post_copy: false,
+            hold: false,
             dump: DumpFigures {
                 checkpoint_ms: 300,
                 transfer_ms: 340,

@@ -34,6 +34,8 @@ pub struct MigrateOptions {
     pub approach: Option<Approach>,
     /// Post-copy (CRIU lazy pages; container-level only).
     pub post_copy: bool,
+    /// Post-copy, held: the restored service stays frozen until its last page is in.
+    pub hold: bool,
 }
 
 impl MigrateOptions {
@@ -50,6 +52,7 @@ impl MigrateOptions {
             endpoint: None,
             approach: None,
             post_copy: false,
+            hold: false,
         }
     }
 }
@@ -189,6 +192,7 @@ async fn post_migrate<R: serde::de::DeserializeOwned>(
                 approach: opts.approach,
                 dry_run,
                 post_copy: opts.post_copy,
+                hold: opts.hold,
             },
             Duration::from_secs(60),
         )

@@ -29,10 +29,14 @@ impl SourceEngine {
         peer: &str,
         token: &str,
         post_copy: bool,
+        hold: bool,
         timeout: Duration,
     ) -> Result<DumpResponse> {
         match self {
-            SourceEngine::Shim(s) => s.dump(migration_id, peer, token, post_copy, timeout).await,
+            SourceEngine::Shim(s) => {
+                s.dump(migration_id, peer, token, post_copy, hold, timeout)
+                    .await
+            }
             SourceEngine::Native(n) => n.dump(migration_id, peer, token, timeout).await,
         }
     }

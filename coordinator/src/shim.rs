@@ -136,6 +136,7 @@ impl Shim {
         peer: &str,
         token: &str,
         post_copy: bool,
+        hold: bool,
         timeout: Duration,
     ) -> Result<DumpResponse> {
         let req = DumpRequest {
@@ -144,6 +145,7 @@ impl Shim {
             peer: peer.into(),
             token: token.into(),
             post_copy,
+            hold,
             ..Default::default()
         };
         // The ttrpc deadline plus a local one: a shim that vanishes must not hang us.

@@ -80,6 +80,8 @@ struct Plan {
     endpoint: Option<crate::expose::EndpointOptions>,
     /// Post-copy (CRIU lazy pages), container-level only.
     post_copy: bool,
+    /// Post-copy, held at the destination until every page is in.
+    hold: bool,
 }
 
 /// What the source found out before choosing an approach (a migration's and a dry run's).
@@ -254,6 +256,11 @@ impl Coordinator {
         let placement = &req.placement;
         let s = self.survey(container, to, req.approach).await?;
         let approach = s.survey.chosen()?;
+        if req.hold && !req.post_copy {
+            return Err(Error::BadRequest(
+                "hold applies to post-copy only (post_copy: true)".into(),
+            ));
+        }
         if req.post_copy && approach != Approach::Container {
             return Err(Error::Unsupported(format!(
                 "post-copy needs the container-level approach (the ums shim serves the pages); \
@@ -322,6 +329,7 @@ impl Coordinator {
             started,
             endpoint: None,
             post_copy: req.post_copy,
+            hold: req.hold,
         })
     }
 
@@ -436,7 +444,14 @@ impl Coordinator {
         let dump_start = Instant::now();
         let dump = p
             .engine
-            .dump(id, &peer_addr, &token, p.post_copy, self.cfg.dump_timeout)
+            .dump(
+                id,
+                &peer_addr,
+                &token,
+                p.post_copy,
+                p.hold,
+                self.cfg.dump_timeout,
+            )
             .await;
         progress.abort();
         let dump_wall = ms(dump_start.elapsed());
@@ -546,10 +561,18 @@ impl Coordinator {
             },
             total_ms: ms(p.started.elapsed()),
             frozen_ms,
-            downtime_ms: dump_wall + restore_ms,
+            // Held: the service ran nowhere until the destination had every page.
+            downtime_ms: dump_wall
+                + restore_ms
+                + if p.hold {
+                    restored.post_copy_ms.unwrap_or(0)
+                } else {
+                    0
+                },
             bytes: dump.bytes + pages_bytes.unwrap_or(0),
             pages_bytes,
             post_copy: p.post_copy,
+            hold: p.hold,
             dump: DumpFigures {
                 checkpoint_ms: dump.checkpoint_ms,
                 transfer_ms: dump.transfer_ms,

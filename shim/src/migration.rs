@@ -48,6 +48,38 @@ pub const CRIU_CONF: &str = "criu.conf";
 const MIGRATION_CRIU_CONF: &str = "network-lock skip\nmanage-cgroups=ignore\n";
 /// Post-copy: sent beside the images, names the source's page server (`ip:port`).
 pub const PAGE_SERVER_FILE: &str = "ums-page-server";
+/// Post-copy, held: sent beside the images, tells the destination to keep the restored
+/// service frozen until its last page is in.
+pub const HOLD_FILE: &str = "ums-hold-until-pages";
+/// Appended to [`MIGRATION_CRIU_CONF`] at a held restore: CRIU patch 0006 leaves the restored
+/// service in its frozen freezer cgroup (runc then sees it paused).
+const HOLD_CRIU_CONF: &str = "freeze-restored\n";
+
+/// How a dump's memory pages move to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageMode {
+    /// Pushed by the dump to the destination's page server; the restore waits for them all.
+    PreCopy,
+    /// Served from the frozen source to the destination's restore (CRIU lazy pages). `hold`:
+    /// the restored service stays frozen until the last page is in (else it runs at once).
+    PostCopy { hold: bool },
+}
+
+impl PageMode {
+    pub fn of(post_copy: bool, hold: bool) -> Result<PageMode> {
+        match (post_copy, hold) {
+            (false, false) => Ok(PageMode::PreCopy),
+            (true, hold) => Ok(PageMode::PostCopy { hold }),
+            (false, true) => Err(Error::InvalidArgument(
+                "hold applies to post-copy only".into(),
+            )),
+        }
+    }
+
+    fn post_copy(self) -> bool {
+        matches!(self, PageMode::PostCopy { .. })
+    }
+}
 /// How long a destination waits for a source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -299,7 +331,7 @@ impl DumpJob {
         self,
         peer: &str,
         token: &str,
-        post_copy: bool,
+        mode: PageMode,
     ) -> Result<(DumpStats, Option<Serving>)> {
         let images = self.dir.join(format!("out-{}", self.migration_id));
         let work = self.dir.join(format!("out-{}.work", self.migration_id));
@@ -310,8 +342,8 @@ impl DumpJob {
                 .map_err(Error::io(format!("create {}", d.display())))?;
         }
         let service = self.dir.join(SERVICE);
-        let streamed = self.stream(&images, &work, peer, token, post_copy);
-        let res = with_criu_conf(&service, streamed).await;
+        let streamed = self.stream(&images, &work, peer, token, mode);
+        let res = with_criu_conf(&service, "", streamed).await;
         match res {
             Ok((stats, Some((page_server, finish)))) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
@@ -376,9 +408,10 @@ impl DumpJob {
         work: &Path,
         peer: &str,
         token: &str,
-        post_copy: bool,
+        mode: PageMode,
     ) -> Result<(DumpStats, Option<(SocketAddr, watch::Receiver<Finish>)>)> {
         let mid = &self.migration_id;
+        let post_copy = mode.post_copy();
         // Watch before anything is written, and reach the peer before freezing anything.
         let mut opts = SendOptions::new(token);
         opts.progress = self.progress.clone();
@@ -397,6 +430,11 @@ impl DumpJob {
             tokio::fs::write(images.join(PAGE_SERVER_FILE), ps.to_string())
                 .await
                 .map_err(Error::io("write the page server's address"))?;
+            if mode == (PageMode::PostCopy { hold: true }) {
+                tokio::fs::write(images.join(HOLD_FILE), b"")
+                    .await
+                    .map_err(Error::io("write the hold marker"))?;
+            }
             Some(ps)
         } else {
             None
@@ -418,7 +456,11 @@ impl DumpJob {
         self.runc.pause(SERVICE).await?;
         info!(
             "migration {mid}: service frozen, dumping{}",
-            if post_copy { " (post-copy)" } else { "" }
+            match mode {
+                PageMode::PreCopy => "",
+                PageMode::PostCopy { hold: false } => " (post-copy)",
+                PageMode::PostCopy { hold: true } => " (post-copy, held)",
+            }
         );
         let opts = CheckpointOpts {
             image_path: images.to_path_buf(),
@@ -540,10 +582,11 @@ impl DumpJob {
 /// checkpoint of the task takes CRIU's defaults.
 async fn with_criu_conf<T>(
     service_bundle: &Path,
+    extra: &str,
     f: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     let conf = service_bundle.join(CRIU_CONF);
-    tokio::fs::write(&conf, MIGRATION_CRIU_CONF)
+    tokio::fs::write(&conf, format!("{MIGRATION_CRIU_CONF}{extra}"))
         .await
         .map_err(Error::io(format!("write {}", conf.display())))?;
     let res = f.await;
@@ -696,17 +739,30 @@ impl RestoreJob<'_> {
             }
         }
         let service = self.service_bundle;
-        with_criu_conf(service, self.restore(stdio, work)).await
+        let hold = images.join(HOLD_FILE).exists();
+        let conf = if hold { HOLD_CRIU_CONF } else { "" };
+        with_criu_conf(service, conf, self.restore(stdio, work, hold)).await
     }
 
     /// The restore proper, with the migration's CRIU configuration in place.
-    async fn restore(self, stdio: ChildStdio, work: PathBuf) -> Result<(i32, Option<PagesIn>)> {
+    /// `hold`: post-copy, the service is restored frozen and thawed once every page is in.
+    async fn restore(
+        self,
+        stdio: ChildStdio,
+        work: PathBuf,
+        hold: bool,
+    ) -> Result<(i32, Option<PagesIn>)> {
         let images = self.images;
         let t0 = Instant::now();
         // Post-copy: the pages come from the source's page server through a lazy-pages
         // daemon, which must take restores before the restore starts.
         let daemon = match read_page_server(images).await? {
             Some(ps) => Some(lazy_pages::Daemon::start(ps, images, &work).await?),
+            None if hold => {
+                return Err(Error::InvalidArgument(format!(
+                    "the source sent {HOLD_FILE} without {PAGE_SERVER_FILE}: hold is for post-copy"
+                )))
+            }
             None => None,
         };
         let pid_file = self.service_bundle.join("pid");
@@ -721,8 +777,11 @@ impl RestoreJob<'_> {
                 .runc
                 .restore(SERVICE, self.service_bundle, &opts, stdio)
                 .await?;
-            // The service was dumped frozen: CRIU restores the freezer state too.
-            self.runc.resume_if_paused(SERVICE).await?;
+            // The service was dumped frozen: CRIU restores the freezer state too. Held: it
+            // stays frozen (CRIU froze it) until its last page is in.
+            if !hold {
+                self.runc.resume_if_paused(SERVICE).await?;
+            }
             Ok::<_, Error>(pid)
         }
         .await;
@@ -739,10 +798,10 @@ impl RestoreJob<'_> {
             "migration {}: service restored (pid {pid}) in {:?}{}",
             self.migration_id,
             t0.elapsed(),
-            if daemon.is_some() {
-                ", its pages follow"
-            } else {
-                ""
+            match (&daemon, hold) {
+                (None, _) => "",
+                (Some(_), false) => ", its pages follow",
+                (Some(_), true) => ", frozen until its pages are in",
             }
         );
         let images = images.to_path_buf();
@@ -757,13 +816,21 @@ impl RestoreJob<'_> {
         let (tx, done) = watch::channel(None);
         let (runc, mid) = (self.runc.clone(), self.migration_id.to_string());
         tokio::spawn(async move {
-            let res = d.wait().await;
+            let mut res = d.wait().await.map_err(|e| e.to_string());
+            if hold && res.is_ok() {
+                res = runc
+                    .resume_if_paused(SERVICE)
+                    .await
+                    .map_err(|e| format!("thawing the held service: {e}"));
+            }
             match &res {
                 Ok(()) => info!(
-                    "migration {mid}: every page in, {:?} after the restore began",
+                    "migration {mid}: every page in{}, {:?} after the restore began",
+                    if hold { ", service thawed" } else { "" },
                     t0.elapsed()
                 ),
                 // Its memory has holes: it must not run on (the source resumes its copy).
+                // Held, it never ran: runc kill --all thaws a frozen container to kill it.
                 Err(e) => {
                     warn!("migration {mid}: the page transfer failed ({e}): killing the restored service");
                     let _ = runc.kill(SERVICE, libc::SIGKILL as u32, true).await;

@@ -20,7 +20,7 @@ use crate::{
     },
     container::Pages,
     error::{Error, Result},
-    migration::DumpStats,
+    migration::{DumpStats, PageMode},
     service::Inner,
 };
 
@@ -104,13 +104,14 @@ struct MigrationService {
 #[async_trait]
 impl Migration for MigrationService {
     async fn dump(&self, _ctx: &TtrpcContext, req: DumpRequest) -> ttrpc::Result<DumpResponse> {
+        let mode = PageMode::of(req.post_copy, req.hold)?;
         let c = self.inner.container(&req.id)?;
         let job = c.lock().await.begin_dump(&req.migration_id)?;
         // In a task of its own: ttrpc drops a handler whose client went away (a coordinator
         // killed mid-dump), and the dump must still end and record how (Status tells the
         // restarted coordinator, whose Abort then resumes the service).
         let (s, serving) = tokio::spawn(async move {
-            let res = job.run(&req.peer, &req.token, req.post_copy).await;
+            let res = job.run(&req.peer, &req.token, mode).await;
             let serving = res.as_ref().ok().and_then(|(_, s)| s.clone());
             c.lock()
                 .await

@@ -204,6 +204,12 @@ struct MigrateArgs {
     /// the downtime of a large service to about that of an empty one.
     #[arg(long)]
     post_copy: bool,
+    /// With --post-copy: keep the restored service frozen at the destination until its last
+    /// page is in, then thaw it. It runs nowhere with memory missing, so, as without
+    /// --post-copy, a failure resumes it at the source with nothing lost; the downtime is
+    /// the page transfer's, overlapped with the restore
+    #[arg(long, requires = "post_copy")]
+    hold: bool,
 }
 
 fn parse_approach(s: &str) -> std::result::Result<Approach, String> {
@@ -426,6 +432,7 @@ async fn run_migrate(a: MigrateArgs) -> Result<()> {
     opts.endpoint = (!endpoint.is_empty()).then_some(endpoint);
     opts.approach = a.approach;
     opts.post_copy = a.post_copy;
+    opts.hold = a.hold;
     if a.dry_run {
         let survey = client::survey(&opts)
             .await

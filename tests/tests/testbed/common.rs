@@ -463,10 +463,20 @@ pub fn report_problems(v: &Value, reference: &str, from: &System, to: &System) -
             ));
         }
         // Post-copy: the service runs at the destination while the source, still frozen,
-        // serves its pages: the downtime ends before the source's freeze does.
+        // serves its pages: the downtime ends before the source's freeze does. Held: the
+        // service runs nowhere until every page is in, so the downtime spans the page phase.
         let post_copy = v.pointer("/post_copy").and_then(Value::as_bool) == Some(true);
+        let hold = v.pointer("/hold").and_then(Value::as_bool) == Some(true);
         let pages_ms = num(v, "/phases_ms/post_copy");
-        if post_copy {
+        if hold {
+            match &pages_ms {
+                Ok(p) if *p <= downtime && downtime <= total => {}
+                Ok(p) => bad.push(format!(
+                    "held post-copy: downtime_ms {downtime} is not in [phases_ms.post_copy {p}, total_ms {total}]"
+                )),
+                Err(e) => bad.push(format!("held post-copy: {e}")),
+            }
+        } else if post_copy {
             match &pages_ms {
                 Ok(_) if downtime <= frozen && downtime <= total => {}
                 Ok(_) => bad.push(format!(

@@ -670,11 +670,26 @@ pub fn disk_full_on_b(bed: &Bed) {
 /// service. B's copy (with holes in its memory) is killed, the source's CRIU page server fails
 /// and the source resumes its service, memory intact; B holds nothing of it.
 pub fn post_copy_pages_lost(bed: &Bed) {
+    pages_lost(bed, "tbt-pclost", false);
+}
+
+/// Held post-copy: the same loss while B's restored copy is still frozen, waiting for its
+/// pages. B's copy, which never ran, is killed (thawed to die), and the source resumes.
+pub fn held_pages_lost(bed: &Bed) {
+    pages_lost(bed, "tbt-hlost", true);
+}
+
+fn pages_lost(bed: &Bed, name: &str, hold: bool) {
     let (a, b) = (&bed.a, &bed.b);
-    let (svc, sum) = start_memhog(bed, a, "tbt-pclost", 1024);
+    let (svc, sum) = start_memhog(bed, a, name, 1024);
     let id = svc.id.clone();
+    let flags: &[&str] = if hold {
+        &["--post-copy", "--hold"]
+    } else {
+        &["--post-copy"]
+    };
     let mut mig = bed
-        .spawn_migrate_with(a, b, &svc.reference(), &["--post-copy"])
+        .spawn_migrate_with(a, b, &svc.reference(), flags)
         .expect("spawn ums migrate");
     let state = b.state().to_string_lossy().into_owned();
     let daemon = || {

@@ -39,8 +39,18 @@ fn memhog_post_copy() {
 }
 
 #[test]
+fn memhog_held() {
+    with_bed("memhog_held", scenarios::memhog_held);
+}
+
+#[test]
 fn post_copy_pages_lost() {
     with_bed("post_copy_pages_lost", failures::post_copy_pages_lost);
+}
+
+#[test]
+fn held_pages_lost() {
+    with_bed("held_pages_lost", failures::held_pages_lost);
 }
 
 #[test]

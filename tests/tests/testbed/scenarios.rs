@@ -606,17 +606,37 @@ pub fn cri_container_a_to_b(bed: &Bed) {
 /// memory is there, fetches every page from the frozen source, and verifies its checksum on B;
 /// the stream carried everything but the pages.
 pub fn memhog_post_copy(bed: &Bed) {
+    memhog_lazy(bed, "tbt-postcopy", false);
+}
+
+/// `ums migrate --post-copy --hold`: as post-copy, but memhog stays frozen on B until its last
+/// page is in (CRIU patch 0006 restores it into its frozen cgroup, WaitPages thaws it): it
+/// ticks nowhere meanwhile, so its largest tick gap spans the whole page transfer, and the
+/// report's downtime counts it.
+pub fn memhog_held(bed: &Bed) {
+    memhog_lazy(bed, "tbt-held", true);
+}
+
+fn memhog_lazy(bed: &Bed, name: &str, hold: bool) {
     let (a, b) = (&bed.a, &bed.b);
-    let (svc, sum) = start_memhog(bed, a, "tbt-postcopy", 256);
+    let what = if hold { "post-copy, held" } else { "post-copy" };
+    let (svc, sum) = start_memhog(bed, a, name, 256);
     let id = svc.id.clone();
-    let m = bed.migrate_with(a, b, &svc.reference(), &["--post-copy"]);
-    let f = check_migration(bed, &m, a, b, &id, "memhog 256 MiB, post-copy");
+    let flags: &[&str] = if hold {
+        &["--post-copy", "--hold"]
+    } else {
+        &["--post-copy"]
+    };
+    let m = bed.migrate_with(a, b, &svc.reference(), flags);
+    let f = check_migration(bed, &m, a, b, &id, &format!("memhog 256 MiB, {what}"));
     let report = m.report.as_ref().expect("a report");
-    assert_eq!(
-        report.pointer("/post_copy").and_then(|v| v.as_bool()),
-        Some(true),
-        "the report does not say post-copy: {report}"
-    );
+    for (key, want) in [("/post_copy", Some(true)), ("/hold", hold.then_some(true))] {
+        assert_eq!(
+            report.pointer(key).and_then(|v| v.as_bool()),
+            want,
+            "{key} in the report of a {what} migration: {report}"
+        );
+    }
     let pages_ms = report
         .pointer("/phases_ms/post_copy")
         .and_then(|v| v.as_u64())
@@ -627,16 +647,32 @@ pub fn memhog_post_copy(bed: &Bed) {
         .unwrap_or_else(|| panic!("no pages_bytes in {report}"));
     assert!(
         pages >= 256 * MIB && f.bytes >= pages && f.bytes - pages < 64 * MIB,
-        "post-copy: {pages} bytes of pages of {} moved: the 256 MiB should have come as pages, the rest in the stream",
+        "{what}: {pages} bytes of pages of {} moved: the 256 MiB should have come as pages, the rest in the stream",
         f.bytes
     );
     assert_nothing_left(bed, a, &id, true, "the source after the migration");
     svc.assert_running(b, "memhog on B");
-    assert_memhog_sum(&svc, b, &sum, "memhog on B after the post-copy migration");
+    assert_memhog_sum(
+        &svc,
+        b,
+        &sum,
+        &format!("memhog on B after the {what} migration"),
+    );
     let (ticks, _) = read_ticks(&svc, b);
-    let gap = check_ticks(&ticks, "memhog's ticks across the post-copy migration");
+    let gap = check_ticks(
+        &ticks,
+        &format!("memhog's ticks across the {what} migration"),
+    );
+    if hold {
+        // Frozen from the dump at A to the thaw after the last page at B: no tick meanwhile.
+        assert!(
+            gap >= pages_ms && f.downtime_ms >= pages_ms,
+            "held: the largest tick gap ({gap} ms) and downtime_ms ({}) should span the page transfer ({pages_ms} ms)",
+            f.downtime_ms
+        );
+    }
     say(format!(
-        "memhog 256 MiB post-copy: verify ok on B; {} bytes streamed, {pages} bytes of pages in {pages_ms} ms after the restore; largest tick gap {gap} ms vs downtime_ms {}",
+        "memhog 256 MiB {what}: verify ok on B; {} bytes streamed, {pages} bytes of pages in {pages_ms} ms after the restore; largest tick gap {gap} ms vs downtime_ms {}",
         f.bytes - pages, f.downtime_ms
     ));
 }
