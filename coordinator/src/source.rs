@@ -254,13 +254,14 @@ impl Coordinator {
         started: Instant,
     ) -> Result<Plan> {
         let placement = &req.placement;
-        let s = self.survey(container, to, req.approach).await?;
-        let approach = s.survey.chosen()?;
+        // A malformed request is refused before anything is asked of containerd or the peer.
         if req.hold && !req.post_copy {
             return Err(Error::BadRequest(
                 "hold applies to post-copy only (post_copy: true)".into(),
             ));
         }
+        let s = self.survey(container, to, req.approach).await?;
+        let approach = s.survey.chosen()?;
         if req.post_copy && approach != Approach::Container {
             return Err(Error::Unsupported(format!(
                 "post-copy needs the container-level approach (the ums shim serves the pages); \

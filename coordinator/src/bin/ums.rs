@@ -207,7 +207,7 @@ struct MigrateArgs {
     /// With --post-copy: keep the restored service frozen at the destination until its last
     /// page is in, then thaw it. It runs nowhere with memory missing, so, as without
     /// --post-copy, a failure resumes it at the source with nothing lost; the downtime is
-    /// the page transfer's, overlapped with the restore
+    /// the page transfer's, overlapped with the restore.
     #[arg(long, requires = "post_copy")]
     hold: bool,
 }

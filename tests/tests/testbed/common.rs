@@ -525,6 +525,15 @@ pub fn figures(v: &Value) -> Figures {
     }
 }
 
+/// The `ums migrate` flags of a post-copy migration, held or not.
+pub fn post_copy_flags(hold: bool) -> &'static [&'static str] {
+    if hold {
+        &["--post-copy", "--hold"]
+    } else {
+        &["--post-copy"]
+    }
+}
+
 /// `ums migrate --from <from> --to <to> default/<id> --json`, which must succeed with a sane
 /// report; prints and records the figures under `label`.
 #[track_caller]

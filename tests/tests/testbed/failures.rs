@@ -683,11 +683,7 @@ fn pages_lost(bed: &Bed, name: &str, hold: bool) {
     let (a, b) = (&bed.a, &bed.b);
     let (svc, sum) = start_memhog(bed, a, name, 1024);
     let id = svc.id.clone();
-    let flags: &[&str] = if hold {
-        &["--post-copy", "--hold"]
-    } else {
-        &["--post-copy"]
-    };
+    let flags = post_copy_flags(hold);
     let mut mig = bed
         .spawn_migrate_with(a, b, &svc.reference(), flags)
         .expect("spawn ums migrate");

@@ -622,11 +622,7 @@ fn memhog_lazy(bed: &Bed, name: &str, hold: bool) {
     let what = if hold { "post-copy, held" } else { "post-copy" };
     let (svc, sum) = start_memhog(bed, a, name, 256);
     let id = svc.id.clone();
-    let flags: &[&str] = if hold {
-        &["--post-copy", "--hold"]
-    } else {
-        &["--post-copy"]
-    };
+    let flags = post_copy_flags(hold);
     let m = bed.migrate_with(a, b, &svc.reference(), flags);
     let f = check_migration(bed, &m, a, b, &id, &format!("memhog 256 MiB, {what}"));
     let report = m.report.as_ref().expect("a report");
