@@ -81,6 +81,8 @@ pub(crate) struct Collector {
     manifest: Vec<ManifestEntry>,
     next_id: u32,
     bytes: u64,
+    /// Names neither sent nor refused ([`crate::SendOptions::ignore`]).
+    ignore: Vec<String>,
 }
 
 impl Collector {
@@ -91,6 +93,7 @@ impl Collector {
         tx: mpsc::Sender<Frame>,
         spare: mpsc::UnboundedReceiver<Vec<u8>>,
         chunk: usize,
+        ignore: Vec<String>,
     ) -> Self {
         Collector {
             dir,
@@ -103,6 +106,7 @@ impl Collector {
             manifest: Vec::new(),
             next_id: 0,
             bytes: 0,
+            ignore,
         }
     }
 
@@ -222,6 +226,9 @@ impl Collector {
             return Err(SendError::DirGone(self.dir.clone()));
         }
         let Some(name) = name else { return Ok(()) };
+        if self.ignore.contains(&name) {
+            return Ok(());
+        }
         if mask.contains(EventMask::ISDIR) {
             return Err(SendError::NotRegular { name });
         }
@@ -449,6 +456,9 @@ impl Collector {
                 name: n,
                 reason: "not UTF-8".into(),
             })?;
+            if self.ignore.contains(&name) {
+                continue;
+            }
             let ft = entry
                 .file_type()
                 .map_err(|e| SendError::io(format!("stat {name}"), e))?;

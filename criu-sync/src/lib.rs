@@ -13,7 +13,9 @@
 //! Modules: [`protocol`] (frames on the wire), [`collector`] (inotify + file reading, on a blocking
 //! thread), [`sender`] (async: drives the collector, writes frames), [`staging`] (the receiving
 //! state machine that writes and verifies files, on a blocking thread), [`receiver`] (async: reads
-//! frames, feeds staging, answers the sender).
+//! frames, feeds staging, answers the sender), [`streamer`] (CRIU's own image streamer protocol:
+//! the shim's pre-copy sends a dump's images through it, held in pipes at the destination, while
+//! criu-sync carries the files runc writes and the writable layer).
 //!
 //! Typical use on the two sides (the shim drives this; the `criu-sync` binary does the same for
 //! tests and debugging):
@@ -40,6 +42,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod sender;
 pub mod staging;
+pub mod streamer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -87,6 +87,9 @@ pub struct SendOptions {
     /// Longest a frame write may block, and longest wait for the receiver's verdict after
     /// `Done`: a receiver that vanished without closing is given up after this.
     pub idle_timeout: Option<Duration>,
+    /// Names in the image dir that are neither sent nor refused as not regular files (the
+    /// socket CRIU's image streamer is reached at, [`crate::streamer::CAPTURE_SOCKET`]).
+    pub ignore: Vec<String>,
 }
 
 impl SendOptions {
@@ -98,6 +101,7 @@ impl SendOptions {
             progress: Progress::new(),
             keepalive: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(30)),
+            ignore: Vec::new(),
         }
     }
 }
@@ -184,7 +188,15 @@ impl Sender {
         let (recycle, spare) = mpsc::unbounded_channel();
         let chunk = self.opts.chunk_size.min(MAX_DATA);
         let opts = self.opts;
-        let collector = Collector::new(self.dir, self.inotify, wake_peer, tx, spare, chunk);
+        let collector = Collector::new(
+            self.dir,
+            self.inotify,
+            wake_peer,
+            tx,
+            spare,
+            chunk,
+            opts.ignore.clone(),
+        );
         let (collected_tx, collected_rx) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let (res, watch) = collector.run();

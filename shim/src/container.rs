@@ -285,6 +285,7 @@ impl Container {
             service_bundle: &dir.join(SERVICE),
             upperdir: self.upperdir.as_deref(),
             migration_id: &mid,
+            held: incoming.take_held(),
         }
         .run(prepared.child)
         .await;

@@ -15,7 +15,7 @@ pub mod migration;
 pub mod migration_service;
 pub mod oom;
 pub mod pids;
-pub mod precopy_pages;
+pub mod precopy_images;
 pub mod process;
 pub mod resident;
 pub mod runc;

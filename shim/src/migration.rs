@@ -2,10 +2,11 @@
 //! (proto/ums/v1/migration.proto).
 //!
 //! Source: the service is frozen (cgroup freezer), checkpointed by CRIU with
-//! `--leave-running` (so it stays frozen and can resume), its memory pages go straight to a
-//! CRIU page server at the destination ([`precopy_pages`]) and the other images plus the
-//! changes of its writable layer are streamed by criu-sync while CRIU writes them (post-copy:
-//! the destination fetches the pages later, [`lazy_pages`]). It stays frozen until Commit
+//! `--leave-running` (so it stays frozen and can resume), its images go through CRIU's image
+//! streamer to the destination, which holds them in pipes until the restore reads them
+//! ([`precopy_images`]), and the files runc writes plus the changes of its writable layer are
+//! streamed by criu-sync (post-copy: CRIU writes all but the pages to files criu-sync sends,
+//! and the destination fetches the pages later, [`lazy_pages`]). It stays frozen until Commit
 //! (killed: the destination runs it) or Abort (resumed: nothing lost).
 //! Destination: a task created with the restore marker has an outer but no service; Prepare
 //! receives the images, and containerd's Start restores the service into the fresh outer.
@@ -13,10 +14,11 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use criu_sync::{receiver, sender, RecvOptions, SendOptions, Sender};
+use criu_sync::{receiver, sender, streamer::HeldImages, RecvOptions, SendOptions, Sender};
 use log::{info, warn};
 use tokio::{net::TcpStream, sync::watch, task::JoinHandle};
 
@@ -26,7 +28,7 @@ use crate::{
     criu_stats,
     error::{Error, Result},
     lazy_pages::{self, PagesIn, Serving},
-    precopy_pages::{self, PagesDir},
+    precopy_images::{self, Capture},
     runc::{CheckpointOpts, ChildStdio, RestoreOpts, Runc},
 };
 
@@ -58,7 +60,8 @@ const HOLD_CRIU_CONF: &str = "freeze-restored\n";
 /// How a dump's memory pages move to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageMode {
-    /// Pushed by the dump to the destination's page server; the restore waits for them all.
+    /// Streamed by the dump with the other images and held by the destination; the restore
+    /// starts once they are all there.
     PreCopy,
     /// Served from the frozen source to the destination's restore (CRIU lazy pages). `hold`:
     /// the restored service stays frozen until the last page is in (else it runs at once).
@@ -114,6 +117,8 @@ pub struct Incoming {
     progress: criu_sync::Progress,
     /// Where the images are received (set by `listen`).
     images: Option<PathBuf>,
+    /// Pre-copy: CRIU's images, held for the restore once they are all in.
+    held: Arc<Mutex<Option<HeldImages>>>,
 }
 
 impl Incoming {
@@ -125,7 +130,13 @@ impl Incoming {
             receiver: None,
             progress: criu_sync::Progress::new(),
             images: None,
+            held: Arc::default(),
         }
+    }
+
+    /// Pre-copy: CRIU's images, once they are in (for the restore, which consumes them).
+    pub fn take_held(&self) -> Option<HeldImages> {
+        self.held.lock().ok()?.take()
     }
 
     /// The directory the images are received into.
@@ -199,13 +210,23 @@ impl Incoming {
         }
         let result = self.result.clone();
         let mid = self.migration_id.clone();
+        let slot = self.held.clone();
         self.phase = "receiving";
         self.images = Some(dir.clone());
         self.receiver = Some(tokio::spawn(async move {
             let res = receive(listener, &dir, opts, &mid).await;
-            if let Err(e) = &res {
-                warn!("migration {mid}: receive failed: {e}");
-            }
+            let res = match res {
+                Ok(held) => {
+                    if let Ok(mut s) = slot.lock() {
+                        *s = held;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!("migration {mid}: receive failed: {e}");
+                    Err(e)
+                }
+            };
             result.send_replace(Some(res));
         }));
         Ok(addr)
@@ -213,15 +234,15 @@ impl Incoming {
 }
 
 /// Destination: takes the source's stream on `listener` and receives it into `dir` (through
-/// its staging dir); pre-copy, also the pages from the source's CRIU, on a second connection
-/// ([`precopy_pages`]), moved into `dir` once both are complete. On error nothing is left.
+/// its staging dir); pre-copy, also the images of the source's CRIU, on a second connection,
+/// held in memory ([`precopy_images`]) and returned once both are complete. On error nothing
+/// is left.
 async fn receive(
     listener: tokio::net::TcpListener,
     dir: &Path,
     mut opts: RecvOptions,
     mid: &str,
-) -> std::result::Result<(), String> {
-    let pages = PagesDir::beside(dir);
+) -> std::result::Result<Option<HeldImages>, String> {
     let res = async {
         let (stream, peer) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
             .await
@@ -229,22 +250,29 @@ async fn receive(
             .map_err(|e| format!("accept: {e}"))?;
         let _ = stream.set_nodelay(true);
         info!("migration {mid}: receiving images from {peer}");
-        // A failed page server ends the stream too, telling the source why.
+        // A failed image stream ends criu-sync's too, telling the source why.
         let (cancel, cancelled) = watch::channel(None);
         opts.cancel = Some(cancelled);
-        let served = pages.serve(listener, peer.ip(), opts.limits.max_total_bytes, mid);
+        let held = precopy_images::hold(
+            listener,
+            peer.ip(),
+            &opts.token,
+            opts.limits.max_total_bytes,
+            opts.progress.clone(),
+            mid,
+        );
         let staging = staging_dir(dir);
         let received = receiver::receive_over(stream, &staging, dir, &opts);
-        tokio::pin!(served, received);
-        let mut pages_done = None;
+        tokio::pin!(held, received);
+        let mut held_done = None;
         let received = loop {
             tokio::select! {
                 r = &mut received => break r,
-                p = &mut served, if pages_done.is_none() => {
-                    if let Err(e) = &p {
-                        cancel.send_replace(Some(format!("the page server: {e}")));
+                h = &mut held, if held_done.is_none() => {
+                    if let Err(e) = &h {
+                        cancel.send_replace(Some(format!("the image stream: {e}")));
                     }
-                    pages_done = Some(p);
+                    held_done = Some(h);
                 }
             }
         };
@@ -253,29 +281,26 @@ async fn receive(
             "migration {mid}: received {} files, {} bytes in {:?}",
             s.files, s.bytes, s.elapsed
         );
-        if !dir.join(precopy_pages::MARKER).exists() {
-            // Post-copy: no pages come that way (an unasked page server is killed).
-            return Ok(());
+        if !dir.join(precopy_images::MARKER).exists() {
+            // Post-copy: CRIU's images were files criu-sync sent (an unasked stream is dropped).
+            return Ok(None);
         }
-        let served = match pages_done {
-            Some(p) => p,
-            None => tokio::time::timeout(precopy_pages::FINISH_TIMEOUT, served)
+        let held = match held_done {
+            Some(h) => h,
+            None => tokio::time::timeout(precopy_images::FINISH_TIMEOUT, held)
                 .await
                 .unwrap_or_else(|_| {
                     Err(format!(
-                        "the pages did not arrive within {:?} of the other images",
-                        precopy_pages::FINISH_TIMEOUT
+                        "the images did not arrive within {:?} of the other files",
+                        precopy_images::FINISH_TIMEOUT
                     ))
                 }),
         };
-        served.map_err(|e| format!("the page server: {e}"))?;
-        pages.merge_into(dir).await?;
-        info!("migration {mid}: the pages are in");
-        Ok(())
+        let held = held.map_err(|e| format!("the image stream: {e}"))?;
+        info!("migration {mid}: the images are in: {held:?}");
+        Ok(Some(held))
     }
     .await;
-    // Merged, not needed or failed: the page server is gone by now.
-    pages.remove().await;
     if res.is_err() {
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
@@ -284,14 +309,8 @@ async fn receive(
 
 /// Every directory that receiving into `images` makes, `images` last: what a deleted or
 /// given-up destination leaves to remove (a killed shim cannot clean up itself).
-pub fn received_dirs(images: &Path) -> [PathBuf; 4] {
-    let pages = PagesDir::beside(images);
-    [
-        staging_dir(images),
-        pages.dir,
-        pages.work,
-        images.to_path_buf(),
-    ]
+pub fn received_dirs(images: &Path) -> [PathBuf; 2] {
+    [staging_dir(images), images.to_path_buf()]
 }
 
 /// Where the stream is received before it is complete and renamed to `images`.
@@ -343,7 +362,11 @@ impl DumpJob {
         }
         let service = self.dir.join(SERVICE);
         let streamed = self.stream(&images, &work, peer, token, mode);
-        let res = with_criu_conf(&service, "", streamed).await;
+        let conf = match mode {
+            PageMode::PreCopy => precopy_images::CRIU_CONF,
+            PageMode::PostCopy { .. } => "",
+        };
+        let res = with_criu_conf(&service, conf, streamed).await;
         match res {
             Ok((stats, Some((page_server, finish)))) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
@@ -415,6 +438,7 @@ impl DumpJob {
         // Watch before anything is written, and reach the peer before freezing anything.
         let mut opts = SendOptions::new(token);
         opts.progress = self.progress.clone();
+        opts.ignore = vec![criu_sync::streamer::CAPTURE_SOCKET.to_string()];
         let sender = Sender::new(images, opts)
             .map_err(|e| Error::FailedPrecondition(format!("watch {}: {e}", images.display())))?;
         let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(peer))
@@ -439,16 +463,16 @@ impl DumpJob {
         } else {
             None
         };
-        // Pre-copy: CRIU sends the pages straight from its pipes to a page server the peer
-        // runs behind the same port (no image of them written here, none read back to be
-        // streamed); the marker tells the peer to wait for them.
-        let pages_to = match page_server {
-            Some(ps) => ps,
+        // Pre-copy: CRIU's images go through its image streamer to the peer, behind the same
+        // port (no file of them written here); the marker tells the peer to wait for them.
+        let capture = match page_server {
+            Some(_) => None,
             None => {
-                tokio::fs::write(images.join(precopy_pages::MARKER), b"")
+                tokio::fs::write(images.join(precopy_images::MARKER), b"")
                     .await
-                    .map_err(Error::io("write the page server marker"))?;
-                stream.peer_addr().map_err(Error::io("stream address"))?
+                    .map_err(Error::io("write the image stream marker"))?;
+                let to = stream.peer_addr().map_err(Error::io("stream address"))?;
+                Some(Capture::start(images, to, token, self.progress.clone()).await?)
             }
         };
 
@@ -466,7 +490,7 @@ impl DumpJob {
             image_path: images.to_path_buf(),
             work_path: work.to_path_buf(),
             leave_running: true,
-            page_server: Some(pages_to.to_string()),
+            page_server: page_server.map(|ps| ps.to_string()),
             lazy_pages: post_copy,
             ..Default::default()
         };
@@ -494,6 +518,7 @@ impl DumpJob {
                 None => Ok(()),
             }
         });
+        let (captured_tx, captured_rx) = watch::channel(None);
         let dumped = {
             let (ckpt, tar) = (ckpt_done.clone(), tar_done.clone());
             async move {
@@ -505,9 +530,28 @@ impl DumpJob {
                             return Err("CRIU ended before its page server was ready".into());
                         }
                     }
-                    None => drop(finished(ckpt).await?),
+                    None => {
+                        if let Err(e) = finished(ckpt).await {
+                            return Err(match capture {
+                                Some(c) => match c.abort().await {
+                                    Some(why) => format!("{e} (the image stream: {why})"),
+                                    None => e,
+                                },
+                                None => e,
+                            });
+                        }
+                    }
                 }
-                finished(tar).await.map(drop)
+                finished(tar).await?;
+                // Pre-copy: the peer has every image before criu-sync's stream ends.
+                if let Some(c) = capture {
+                    let streamed = c
+                        .finish()
+                        .await
+                        .map_err(|e| format!("the image stream: {e}"))?;
+                    captured_tx.send_replace(Some(streamed));
+                }
+                Ok(())
             }
         };
         let (dumped_tx, dumped_rx) = watch::channel(None::<Duration>);
@@ -530,7 +574,7 @@ impl DumpJob {
         let (sent, checkpoint) = match (sent, checkpoint.and_then(|c| tar.map(|_| c))) {
             (Ok(s), Ok(elapsed)) => (s, elapsed),
             // Unless it only echoes the dump's failure, the stream's says why the dump failed
-            // too: the peer refused (e.g. its page server failed) or vanished.
+            // too: the peer refused (e.g. the image stream failed there) or vanished.
             (Err(e), Err(c)) if !matches!(e, criu_sync::SendError::DumpFailed(_)) => {
                 return Err(Error::FailedPrecondition(format!(
                     "checkpoint failed: {c}; the stream to {peer} failed: {e}"
@@ -550,9 +594,10 @@ impl DumpJob {
         } else {
             dump_stats(work, images)
         };
+        let captured = *captured_rx.borrow();
         let out = DumpStats {
-            // Pre-copy: the pages went through the page server, beside the stream.
-            bytes: sent.bytes + stats.map_or(0, |s| s.pages_written * page_size()),
+            // Pre-copy: CRIU's images went through the image stream, beside criu-sync's.
+            bytes: sent.bytes + captured.map_or(0, |c| c.bytes),
             files: sent.files,
             checkpoint_ms: checkpoint.as_millis() as u64,
             transfer_ms: t0.elapsed().as_millis() as u64,
@@ -718,6 +763,8 @@ pub struct RestoreJob<'a> {
     pub service_bundle: &'a Path,
     pub upperdir: Option<&'a Path>,
     pub migration_id: &'a str,
+    /// Pre-copy: CRIU's images, served to the restore through CRIU's image streamer.
+    pub held: Option<HeldImages>,
 }
 
 impl RestoreJob<'_> {
@@ -740,19 +787,27 @@ impl RestoreJob<'_> {
         }
         let service = self.service_bundle;
         let hold = images.join(HOLD_FILE).exists();
-        let conf = if hold { HOLD_CRIU_CONF } else { "" };
+        let conf = match (hold, self.held.is_some()) {
+            (true, _) => HOLD_CRIU_CONF,
+            (false, true) => precopy_images::CRIU_CONF,
+            (false, false) => "",
+        };
         with_criu_conf(service, conf, self.restore(stdio, work, hold)).await
     }
 
     /// The restore proper, with the migration's CRIU configuration in place.
     /// `hold`: post-copy, the service is restored frozen and thawed once every page is in.
     async fn restore(
-        self,
+        mut self,
         stdio: ChildStdio,
         work: PathBuf,
         hold: bool,
     ) -> Result<(i32, Option<PagesIn>)> {
         let images = self.images;
+        let server = match self.held.take() {
+            Some(held) => Some(precopy_images::Server::start(images, held)?),
+            None => None,
+        };
         let t0 = Instant::now();
         // Post-copy: the pages come from the source's page server through a lazy-pages
         // daemon, which must take restores before the restore starts.
@@ -785,6 +840,16 @@ impl RestoreJob<'_> {
             Ok::<_, Error>(pid)
         }
         .await;
+        let served = match server {
+            Some(s) => s.finish(self.migration_id).await,
+            None => Ok(()),
+        };
+        let restored = match (restored, served) {
+            (Err(e), Err(why)) => Err(Error::FailedPrecondition(format!(
+                "{e} (serving the images to CRIU: {why})"
+            ))),
+            (r, _) => r,
+        };
         let pid = match restored {
             Ok(pid) => pid,
             Err(e) => {

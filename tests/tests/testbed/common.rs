@@ -748,29 +748,32 @@ pub fn check_ticks(ticks: &[Tick], what: &str) -> u64 {
     max_gap
 }
 
-/// Bytes in the destination shim's image staging and page server dir(s) of container `id` on
-/// `sys` (the stream and the pages while they arrive; both are gone once complete): in its
-/// bundle, or in the coordinator's image dir (any container's: the tests run one at a time).
-pub fn staging_bytes(sys: &System, id: &str) -> u64 {
-    let bundle = sys
-        .state()
-        .join("io.containerd.runtime.v2.task")
-        .join(NS)
-        .join(id)
-        .join("ums");
-    let mut total = 0;
-    let entries = [bundle, sys.image_dir()]
-        .into_iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".staging") || name.ends_with(".pages") {
-            for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                total += f.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
-    }
-    total
+/// Runs `f` on a thread inside the network namespace `netns` (a file under /run/netns).
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns =
+        std::fs::File::open(netns).unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()));
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("setns into the system's network namespace");
+        f()
+    })
+    .join()
+    .expect("the thread in the network namespace panicked")
+}
+
+/// Bytes `sys` has received over the link (its netns's interfaces but loopback) so far: a
+/// migration's progress as the destination sees it (its images are held in memory, not in
+/// files to measure).
+pub fn link_rx_bytes(bed: &Bed, sys: &System) -> u64 {
+    in_netns(&bed.netns(sys), || {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").expect("read net/dev");
+        dev.lines()
+            .skip(2)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(name, _)| name.trim() != "lo")
+            .filter_map(|(_, v)| v.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    })
 }
 
 /// The shim processes of container `id` on `sys` (argv `-id <id>` and `-address <sys socket>`).

@@ -175,11 +175,12 @@ pub fn control_plane_during_migration(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let (svc, sum) = start_memhog(bed, a, "ufa-ctl", 512);
     let id = svc.id.clone();
+    let rx0 = link_rx_bytes(bed, b);
     let mut mig = bed
         .spawn_migrate(a, b, &svc.reference())
         .expect("spawn ums migrate");
     wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
-        let streaming = staging_bytes(b, &id) > 0 && mig.stderr_now().contains(" started");
+        let streaming = link_rx_bytes(bed, b) > rx0 + MIB && mig.stderr_now().contains(" started");
         (streaming || mig.finished()).then_some(())
     });
     assert!(

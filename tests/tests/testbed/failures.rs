@@ -65,21 +65,22 @@ pub fn image_not_on_b(bed: &Bed) {
 
 /// B's shim of the container is killed (SIGKILL) while memhog 512 MiB streams to it: the Dump
 /// fails, A resumes the service with its memory intact, B removes what it made. The kill comes
-/// once B's staging dir holds `threshold` bytes; an attempt whose migration ended before the
-/// kill is retried with a new service and a lower threshold (never passes vacuously).
+/// once B received `threshold` bytes of it; an attempt whose migration ended before the kill is
+/// retried with a new service and a lower threshold (never passes vacuously).
 pub fn destination_vanishes(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let mut threshold = 32 * MIB;
     for attempt in 1..=3 {
         let (svc, sum) = start_memhog(bed, a, &format!("tbt-vanish{attempt}"), 512);
         let id = svc.id.clone();
+        let rx0 = link_rx_bytes(bed, b);
         let mut mig = bed
             .spawn_migrate(a, b, &svc.reference())
             .expect("spawn ums migrate");
         let t0 = Instant::now();
         let mut killed: Option<(u64, Vec<i32>)> = None;
         while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
-            let got = staging_bytes(b, &id);
+            let got = link_rx_bytes(bed, b) - rx0;
             if got >= threshold {
                 let pids = shim_pids(b, &id);
                 for &p in &pids {
@@ -95,7 +96,7 @@ pub fn destination_vanishes(bed: &Bed) {
         let m = bed.finish_migrate(mig);
         let Some((at, pids)) = killed else {
             say(format!(
-                "destination vanishes, attempt {attempt}: the migration ended before B's staging dir held {} MiB (exit {}); retrying with a lower threshold",
+                "destination vanishes, attempt {attempt}: the migration ended before B received {} MiB (exit {}); retrying with a lower threshold",
                 threshold / MIB,
                 m.out.code
             ));
@@ -268,6 +269,7 @@ pub fn second_migration(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let (svc, sum) = start_memhog(bed, a, "tbt-twice", 512);
     let id = svc.id.clone();
+    let rx0 = link_rx_bytes(bed, b);
     let mut first = bed
         .spawn_migrate(a, b, &svc.reference())
         .expect("spawn ums migrate");
@@ -292,7 +294,7 @@ pub fn second_migration(bed: &Bed) {
         "the first migration had ended when the second was refused"
     );
     wait_for(Duration::from_secs(30), Duration::from_millis(5), || {
-        (staging_bytes(b, &id) > 0 || first.finished()).then_some(())
+        (link_rx_bytes(bed, b) > rx0 + MIB || first.finished()).then_some(())
     });
     assert!(
         !first.finished(),
@@ -374,19 +376,20 @@ fn kill_coordinator(bed: &Bed, sys: &System) -> Option<i32> {
     Some(pid)
 }
 
-/// SIGKILLs `victim`'s coordinator once the migration `mig` of memhog 512 MiB `id` was
-/// announced and B holds `threshold` bytes of its stream; returns the bytes B held and the pid.
-/// None: the stream was over before (no kill, or one that did not land mid-stream).
+/// SIGKILLs `victim`'s coordinator once the migration `mig` of memhog 512 MiB (spawned when B
+/// had received `rx0` bytes) was announced and B received `threshold` bytes more; returns those
+/// bytes and the pid. None: the stream was over before (no kill, or one that did not land
+/// mid-stream).
 fn kill_coordinator_mid_stream(
     bed: &Bed,
     victim: &System,
     mig: &mut ums_tests::util::Spawned,
-    id: &str,
+    rx0: u64,
     threshold: u64,
 ) -> Option<(u64, i32)> {
     let t0 = Instant::now();
     while !mig.finished() && t0.elapsed() < Duration::from_secs(120) {
-        let got = staging_bytes(&bed.b, id);
+        let got = link_rx_bytes(bed, &bed.b) - rx0;
         if got >= threshold && mig.stderr_now().contains(" started") {
             return kill_coordinator(bed, victim)
                 .map(|pid| (got, pid))
@@ -473,10 +476,11 @@ pub fn destination_killed_mid_stream(bed: &Bed) {
         let (svc, sum) = start_memhog(bed, a, &format!("ufa-bkill{attempt}"), 512);
         let id = svc.id.clone();
         let back = CoordinatorBack { bed, sys: b };
+        let rx0 = link_rx_bytes(bed, b);
         let mut mig = bed
             .spawn_migrate(a, b, &svc.reference())
             .expect("spawn ums migrate");
-        let Some((at, pid)) = kill_coordinator_mid_stream(bed, b, &mut mig, &id, threshold) else {
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, b, &mut mig, rx0, threshold) else {
             let m = bed.finish_migrate(mig);
             say(format!(
                 "destination killed, attempt {attempt}: the kill did not land mid-stream (stream \
@@ -543,10 +547,11 @@ pub fn source_restarted(bed: &Bed) {
         let (svc, sum) = start_memhog(bed, a, &format!("ufa-arst{attempt}"), 512);
         let id = svc.id.clone();
         let back = CoordinatorBack { bed, sys: a };
+        let rx0 = link_rx_bytes(bed, b);
         let mut mig = bed
             .spawn_migrate(a, b, &svc.reference())
             .expect("spawn ums migrate");
-        let Some((at, pid)) = kill_coordinator_mid_stream(bed, a, &mut mig, &id, threshold) else {
+        let Some((at, pid)) = kill_coordinator_mid_stream(bed, a, &mut mig, rx0, threshold) else {
             drop(back);
             let m = bed.finish_migrate(mig);
             say(format!(
@@ -649,12 +654,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// B's image dir is a 32 MiB tmpfs and memhog 128 MiB migrates: B runs out of space while
-/// receiving; A resumes the service and B removes everything (the partial images too).
+/// B's image dir is a 32 MiB tmpfs and memhog 128 MiB, with 48 MiB written to its writable
+/// layer, migrates: B runs out of space receiving the layer's changes (CRIU's images, the
+/// pages among them, are held in memory, not written there); A resumes the service and B
+/// removes everything (the partial files too).
 pub fn disk_full_on_b(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let _tmpfs = Tmpfs::mount(&b.image_dir(), "32m");
     let (svc, sum) = start_memhog(bed, a, "ufa-full", 128);
+    svc.sh(a, "dd if=/dev/urandom of=/big bs=1M count=48 2>/dev/null");
     let m = bed.migrate(a, b, &svc.reference());
     assert_refused(
         bed,

@@ -39,18 +39,6 @@ fn httpd_script(port: u16) -> String {
     )
 }
 
-/// Runs `f` on a thread inside the network namespace `netns` (a file under /run/netns).
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = File::open(netns).unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()));
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("setns into the system's network namespace");
-        f()
-    })
-    .join()
-    .expect("the thread in the network namespace panicked")
-}
-
 /// One answer of the service, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Answer {
