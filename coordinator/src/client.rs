@@ -154,11 +154,14 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
         match rec.state {
             State::Running => tokio::time::sleep(opts.poll).await,
             State::Completed => {
+                // Completed by a restarted source coordinator: the figures died with the
+                // run that had them; the record says where the service runs.
                 return rec.result.ok_or_else(|| {
                     Error::Failed(format!(
-                        "migration {id} completed but the source reported no result"
+                        "migration {id} completed, but the source has no figures of it: {}",
+                        rec.error.as_deref().unwrap_or("no reason given")
                     ))
-                })
+                });
             }
             State::Failed | State::Aborted => return Err(failure(&rec)),
         }

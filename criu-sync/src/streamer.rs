@@ -1,26 +1,35 @@
 //! CRIU's image streamer protocol (the `stream` option, criu/img-streamer.c), so that the
 //! images of a pre-copy dump go from the source's CRIU to the destination's without a file, a
-//! copy or a page-cache page on either side. Blocking code: run it on threads of its own.
+//! copy or a page-cache page on either side, and the memory pages cross the link while the
+//! destination restores. Blocking code: run it on threads of its own.
 //!
 //! - [`capture`] (source): CRIU connects to [`CAPTURE_SOCKET`] in its images dir and, for each
-//!   image it writes, sends the name and the read end of a pipe it writes the image into. Each
-//!   pipe is spliced into the socket to the destination as it fills, in frames ([`Kind`]); the
-//!   pages in it are CRIU's own pipe buffers (references to the frozen service's memory).
-//! - [`hold`] (destination): splices each image off that socket into pipes of its own and
-//!   keeps them: references to the received buffers (measured here: 1 GiB held in ~0.2 s and
-//!   ~17 MiB, where writing it to a file allocated and copied every page).
+//!   image it writes, sends the name and the read end of a pipe it writes the image into. Every
+//!   image but the pages is spliced into the socket to the destination as it fills, in frames
+//!   ([`Kind`]); the pages (`pages-*.img`) are moved into pipes of its own (references to the
+//!   frozen service's memory: no copy), so the dump ends without waiting for the link. Told to
+//!   go on once the dump succeeded, it sends [`Kind::Ready`], then the pages, then
+//!   [`Kind::End`].
+//! - [`hold`] (destination): splices each image off that socket into pipes of its own
+//!   (references to the received buffers: 1 GiB in ~0.2 s and ~17 MiB here, where a file write
+//!   allocated and copied every page) and hands the images over at [`Kind::Ready`], the pages
+//!   still arriving: each image is a channel of its pipes, published as they are filled.
 //! - [`serve`] (destination): the restore's CRIU connects to [`SERVE_SOCKET`], asks for images
-//!   by name and gets each spliced into a pipe it reads from. CRIU reads an image once; one
-//!   asked for again fails the serve (it was consumed), never silently.
+//!   by name and gets each spliced into a pipe it reads from, the pages as they arrive: the
+//!   restore copies them into the service's memory while the rest are on the way. CRIU reads an
+//!   image once; one asked for again fails the serve (it was consumed), never silently. An
+//!   image whose stream broke is cut short: CRIU fails on its early end.
 //!
 //! On the wire, after [`write_hello`]: frames of a 13-byte header (kind, image id u32 LE,
-//! length u64 LE) and `length` bytes. The source sends [`Kind::End`] only once its dump
-//! succeeded: a stream that ends without it is incomplete, and nothing held is served.
+//! length u64 LE) and `length` bytes. The source sends Ready and End only once its dump
+//! succeeded: a stream that ends before Ready holds nothing; one that ends before End leaves
+//! an image short, and the restore fails.
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -34,12 +43,14 @@ pub const CAPTURE_SOCKET: &str = "streamer-capture.sock";
 pub const SERVE_SOCKET: &str = "streamer-serve.sock";
 /// First bytes of a stream, before the token.
 const MAGIC: &[u8; 8] = b"UMSIMG1\n";
-/// Size the pipes of the pages are grown to (up to fs.pipe-max-size): fewer, larger splices.
+/// Size the pipes are grown to (up to fs.pipe-max-size): fewer, larger splices.
 const PIPE_BYTES: i32 = 4 << 20;
 const HEADER: usize = 13;
 /// Longest image name, and longest CRIU request (a name in a protobuf message).
 const MAX_NAME: usize = 4096;
 const MAX_TOKEN: usize = 4096;
+/// Byte the caller of [`capture`] writes on its control socket once the dump succeeded.
+pub const GO: u8 = b'g';
 
 /// Why streaming failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +98,15 @@ pub enum Kind {
     Data = 2,
     /// An image is complete.
     Close = 3,
-    /// The dump succeeded: every image is complete.
+    /// The pages are complete too: the stream ends.
     End = 4,
+    /// The dump succeeded: every image is complete but the pages, which follow.
+    Ready = 5,
 }
 
 impl Kind {
     fn of(b: u8) -> Option<Kind> {
-        [Kind::Open, Kind::Data, Kind::Close, Kind::End]
+        [Kind::Open, Kind::Data, Kind::Close, Kind::End, Kind::Ready]
             .into_iter()
             .find(|k| *k as u8 == b)
     }
@@ -132,12 +145,6 @@ pub fn read_hello(input: &mut impl Read, token: &str) -> Result<(), StreamError>
         return Err(StreamError::BadToken);
     }
     Ok(())
-}
-
-/// Ends a successful dump's stream.
-pub fn write_end(out: &mut impl Write) -> Result<(), StreamError> {
-    out.write_all(&header(Kind::End, 0, 0))
-        .map_err(io_err("send the end of the images"))
 }
 
 /// What one side streamed.
@@ -191,35 +198,120 @@ fn accept(listener: &UnixListener, cancel: &UnixStream) -> Result<UnixStream, St
     }
 }
 
+/// The memory pages: moved into pipes at the source during the dump, sent after it.
+fn is_pages(name: &str) -> bool {
+    name.starts_with("pages-")
+}
+
+/// Pipes an image is kept in, in order, each published as soon as it is made: its reader
+/// splices from it until its writer is closed (the pipe full, or the image complete).
+enum Piece {
+    Pipe(OwnedFd),
+    /// The image is complete.
+    Done,
+}
+
+/// An image being received (or, at the source, the pages being taken from CRIU).
+struct Receiving {
+    id: u32,
+    name: String,
+    tx: mpsc::Sender<Piece>,
+    /// Write end of the last pipe, while it has room.
+    writer: Option<OwnedFd>,
+}
+
+impl Receiving {
+    fn new(id: u32, name: String) -> (Receiving, mpsc::Receiver<Piece>) {
+        let (tx, rx) = mpsc::channel();
+        let r = Receiving {
+            id,
+            name,
+            tx,
+            writer: None,
+        };
+        (r, rx)
+    }
+
+    /// Splices `len` bytes (which `from` has or will have) into the image's pipes, a new one
+    /// whenever the last is full.
+    fn splice_in(&mut self, from: BorrowedFd, mut len: u64) -> Result<(), StreamError> {
+        while len > 0 {
+            if self.writer.is_none() {
+                let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(errno_err("create a pipe"))?;
+                grow_pipe(wr.as_fd());
+                // The reader goes on once the writer is gone: send failing only means nobody
+                // reads this image (any more).
+                let _ = self.tx.send(Piece::Pipe(rd));
+                self.writer = Some(wr);
+            }
+            let w = self.writer.as_ref().expect("set above");
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+            match splice(from, w.as_fd(), len.min(isize::MAX as u64) as usize, flags) {
+                Ok(0) => return Err(StreamError::Truncated),
+                Ok(n) => len -= n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    let mut fds = [
+                        PollFd::new(w.as_fd(), PollFlags::POLLOUT),
+                        PollFd::new(from, PollFlags::POLLIN),
+                    ];
+                    wait(&mut fds)?;
+                    if !fds[0]
+                        .revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLOUT))
+                    {
+                        // No room, and `from` has bytes: the next go to a new pipe.
+                        self.writer = None;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(io_err("receive an image")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The image is complete.
+    fn close(self) {
+        drop(self.writer);
+        let _ = self.tx.send(Piece::Done);
+    }
+}
+
 /// Source: streams the images CRIU sends to `listener` (bound to [`CAPTURE_SOCKET`] in its
-/// images dir, non-blocking) to `out`, after the hello; returns once CRIU closed its
-/// connection and every image. The caller sends [`write_end`] if the dump succeeded.
+/// images dir, non-blocking) to `out`, after the hello, the pages held back. Once CRIU closed
+/// its connection and every image, reports what it took (`captured`) and waits on `ctl`:
+/// [`GO`] (the dump succeeded) sends Ready, the pages and End; anything else, or `ctl`
+/// readable earlier, cancels. Returns what it sent.
 pub fn capture(
     listener: &UnixListener,
     out: &TcpStream,
-    cancel: &UnixStream,
+    ctl: &mut UnixStream,
     progress: &Progress,
+    captured: impl FnOnce(Streamed),
 ) -> Result<Streamed, StreamError> {
-    let mut ctl = Some(accept(listener, cancel)?);
+    let mut criu = Some(accept(listener, ctl)?);
     // Bytes move from CRIU's pipe into this one, then into the socket: a splice into a socket
     // holds its pipe's lock while TCP sends (and, over a veth, while the peer's stack takes
     // it in), and CRIU spun on that lock (perf: ~12% of its time) to write the next pages.
     let (staged, staging) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno_err("create a pipe"))?;
     grow_pipe(staging.as_fd());
-    let mut open: Vec<(u32, OwnedFd)> = Vec::new();
+    let mut open: Vec<(u32, String, OwnedFd)> = Vec::new();
+    let mut pages: HashMap<u32, Receiving> = HashMap::new();
+    let mut held: Vec<(u32, mpsc::Receiver<Piece>)> = Vec::new();
     let mut next_id = 0u32;
     let mut stats = Streamed::default();
     let sock = out.as_fd();
-    while ctl.is_some() || !open.is_empty() {
-        let mut fds = vec![PollFd::new(cancel.as_fd(), PollFlags::POLLIN)];
-        if let Some(c) = &ctl {
+    while criu.is_some() || !open.is_empty() {
+        let mut fds = vec![PollFd::new(ctl.as_fd(), PollFlags::POLLIN)];
+        if let Some(c) = &criu {
             fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
         }
         let first_pipe = fds.len();
         fds.extend(
             open.iter()
-                .map(|(_, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+                .map(|(_, _, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
         );
         wait(&mut fds)?;
         if cancelled(&fds) {
@@ -231,16 +323,24 @@ pub fn capture(
             .collect();
         drop(fds);
         let mut done = Vec::new();
-        for (i, (id, pipe)) in open.iter().enumerate() {
+        for (i, (id, _, pipe)) in open.iter().enumerate() {
             if !ready[first_pipe + i] {
                 continue;
             }
             let n = bytes_in(pipe.as_fd())?;
             if n == 0 {
                 // Readable with nothing in it: every writer closed it, the image is complete.
-                send_all(sock, &header(Kind::Close, *id, 0))?;
+                match pages.remove(id) {
+                    Some(r) => r.close(),
+                    None => send_all(sock, &header(Kind::Close, *id, 0))?,
+                }
                 stats.files += 1;
                 done.push(i);
+                continue;
+            }
+            if let Some(r) = pages.get_mut(id) {
+                r.splice_in(pipe.as_fd(), n as u64)?;
+                stats.bytes += n as u64;
                 continue;
             }
             // As much as the staging pipe takes (it is empty here, and as large as CRIU's).
@@ -252,9 +352,9 @@ pub fn capture(
                     Err(e) => return Err(io_err("take an image from CRIU")(e)),
                 }
             };
+            stats.bytes += n as u64;
             send_more(sock, &header(Kind::Data, *id, n as u64))?;
             splice_exact(staged.as_fd(), sock, n)?;
-            stats.bytes += n as u64;
             progress.add_bytes(n as u64);
         }
         for i in done.into_iter().rev() {
@@ -262,44 +362,66 @@ pub fn capture(
             progress.add_file();
         }
         if first_pipe == 2 && ready[1] {
-            let c = ctl.as_mut().expect("polled");
+            let c = criu.as_mut().expect("polled");
             match read_request(c)? {
-                None => ctl = None,
+                None => criu = None,
                 Some(name) => {
                     validate_name(&name)
                         .map_err(|e| StreamError::BadRequest(format!("image {name:?}: {e}")))?;
                     let pipe = recv_fd(c)?;
-                    if name.starts_with("pages-") {
-                        grow_pipe(pipe.as_fd());
-                    }
+                    grow_pipe(pipe.as_fd());
                     let id = next_id;
                     next_id = next_id
                         .checked_add(1)
                         .ok_or_else(|| StreamError::BadRequest("too many images".into()))?;
                     send_more(sock, &header(Kind::Open, id, name.len() as u64))?;
                     send_all(sock, name.as_bytes())?;
-                    open.push((id, pipe));
+                    if is_pages(&name) {
+                        let (r, rx) = Receiving::new(id, name.clone());
+                        pages.insert(id, r);
+                        held.push((id, rx));
+                    }
+                    open.push((id, name, pipe));
                 }
             }
         }
     }
+    captured(stats);
+    let mut go = [0u8; 1];
+    match ctl.read(&mut go) {
+        Ok(1) if go[0] == GO => {}
+        _ => return Err(StreamError::Cancelled),
+    }
+    send_all(sock, &header(Kind::Ready, 0, 0))?;
+    for (id, rx) in held {
+        for piece in rx.try_iter() {
+            if let Piece::Pipe(p) = piece {
+                let mut n = bytes_in(p.as_fd())?;
+                while n > 0 {
+                    send_more(sock, &header(Kind::Data, id, n as u64))?;
+                    splice_exact(p.as_fd(), sock, n)?;
+                    progress.add_bytes(n as u64);
+                    n = bytes_in(p.as_fd())?;
+                }
+            }
+        }
+        send_all(sock, &header(Kind::Close, id, 0))?;
+        progress.add_file();
+    }
+    send_all(sock, &header(Kind::End, 0, 0))?;
     Ok(stats)
 }
 
-/// One image held at the destination: pipes of its bytes, in order, whose writers are closed.
-struct HeldFile {
-    pipes: Vec<OwnedFd>,
-    bytes: u64,
-}
-
-/// The images of a stream, held in pipes until the restore reads them.
+/// The images of a stream, at its Ready: each a channel of the pipes it is kept in, the pages
+/// still arriving.
 #[derive(Default)]
 pub struct HeldImages {
-    files: HashMap<String, HeldFile>,
+    files: HashMap<String, mpsc::Receiver<Piece>>,
     bytes: u64,
 }
 
 impl HeldImages {
+    /// Bytes received by the Ready.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -319,25 +441,22 @@ impl std::fmt::Debug for HeldImages {
     }
 }
 
-/// An image being received.
-struct Receiving {
-    name: String,
-    file: HeldFile,
-    /// Write end of the last pipe, while it has room.
-    writer: Option<OwnedFd>,
-}
-
-/// Destination: reads a stream (after its hello) from `input` up to its end and keeps the
-/// images, at most `max_bytes` of them (0: no limit). Shutting `input` down from another
-/// thread stops it ([`StreamError::Truncated`]).
+/// Destination: reads a stream (after its hello) from `input`, at most `max_bytes` of images
+/// (0: no limit), and hands them to `ready` at its Ready, then goes on receiving the pages
+/// into them until its End. Shutting `input` down from another thread stops it
+/// ([`StreamError::Truncated`]); an image cut short by that, or by any error, ends early
+/// where it is read.
 pub fn hold(
     input: &TcpStream,
     max_bytes: u64,
     progress: &Progress,
-) -> Result<HeldImages, StreamError> {
+    ready: impl FnOnce(HeldImages),
+) -> Result<Streamed, StreamError> {
     let mut reader = input;
+    let mut ready = Some(ready);
     let mut held = HeldImages::default();
     let mut open: HashMap<u32, Receiving> = HashMap::new();
+    let mut stats = Streamed::default();
     loop {
         let mut h = [0; HEADER];
         read_exact_or_truncated(&mut reader, &mut h)?;
@@ -347,7 +466,7 @@ pub fn hold(
             Kind::of(h[0]).ok_or_else(|| StreamError::Malformed(format!("frame kind {}", h[0])))?;
         match kind {
             Kind::Open => {
-                if len as usize > MAX_NAME || open.contains_key(&id) {
+                if len as usize > MAX_NAME || open.contains_key(&id) || ready.is_none() {
                     return Err(StreamError::Malformed(format!("image {id} opened badly")));
                 }
                 let mut name = vec![0; len as usize];
@@ -356,47 +475,47 @@ pub fn hold(
                     .map_err(|_| StreamError::Malformed("an image name is not UTF-8".into()))?;
                 validate_name(&name)
                     .map_err(|e| StreamError::Malformed(format!("image {name:?}: {e}")))?;
-                let file = HeldFile {
-                    pipes: Vec::new(),
-                    bytes: 0,
-                };
-                open.insert(
-                    id,
-                    Receiving {
-                        name,
-                        file,
-                        writer: None,
-                    },
-                );
+                let (r, rx) = Receiving::new(id, name.clone());
+                if held.files.insert(name, rx).is_some() {
+                    log::warn!("the image stream sent {} twice: the last one kept", r.name);
+                }
+                open.insert(id, r);
             }
             Kind::Data => {
                 let r = open
                     .get_mut(&id)
                     .ok_or_else(|| StreamError::Malformed(format!("data of image {id}")))?;
-                if max_bytes > 0 && held.bytes.saturating_add(len) > max_bytes {
+                if max_bytes > 0 && stats.bytes.saturating_add(len) > max_bytes {
                     return Err(StreamError::TooLarge { limit: max_bytes });
                 }
-                splice_in(input.as_fd(), r, len)?;
-                held.bytes += len;
+                r.splice_in(input.as_fd(), len)?;
+                stats.bytes += len;
                 progress.add_bytes(len);
             }
             Kind::Close => {
                 let r = open
                     .remove(&id)
                     .ok_or_else(|| StreamError::Malformed(format!("close of image {id}")))?;
-                if held.files.insert(r.name.clone(), r.file).is_some() {
-                    log::warn!("the image stream sent {} twice: the last one kept", r.name);
-                }
+                debug_assert_eq!(r.id, id);
+                r.close();
+                stats.files += 1;
                 progress.add_file();
             }
+            Kind::Ready => {
+                let Some(ready) = ready.take() else {
+                    return Err(StreamError::Malformed("a second Ready".into()));
+                };
+                held.bytes = stats.bytes;
+                ready(std::mem::take(&mut held));
+            }
             Kind::End => {
-                if !open.is_empty() {
+                if ready.is_some() || !open.is_empty() {
                     return Err(StreamError::Malformed(format!(
                         "the stream ended with {} images incomplete",
                         open.len()
                     )));
                 }
-                return Ok(held);
+                return Ok(stats);
             }
         }
     }
@@ -409,47 +528,10 @@ fn read_exact_or_truncated(r: &mut impl Read, buf: &mut [u8]) -> Result<(), Stre
     })
 }
 
-/// Splices `len` bytes off the socket into the image's pipes, a new pipe whenever one is full.
-fn splice_in(sock: BorrowedFd, r: &mut Receiving, mut len: u64) -> Result<(), StreamError> {
-    while len > 0 {
-        if r.writer.is_none() {
-            let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(errno_err("create a pipe"))?;
-            grow_pipe(wr.as_fd());
-            r.file.pipes.push(rd);
-            r.writer = Some(wr);
-        }
-        let w = r.writer.as_ref().expect("set above");
-        let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-        match splice(sock, w.as_fd(), len.min(isize::MAX as u64) as usize, flags) {
-            Ok(0) => return Err(StreamError::Truncated),
-            Ok(n) => {
-                len -= n as u64;
-                r.file.bytes += n as u64;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                let last = r.file.pipes.last().expect("pushed above");
-                if bytes_in(last.as_fd())? > 0 {
-                    // The pipe is full: the next bytes go to a new one.
-                    r.writer = None;
-                } else {
-                    // Nothing could be read yet (the socket has a timeout).
-                    let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
-                    wait(&mut fds)?;
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(io_err("receive an image")(e)),
-        }
-    }
-    Ok(())
-}
-
 /// What [`serve`] did.
 #[derive(Debug, Default, Clone)]
 pub struct Served {
     pub files: u64,
-    pub bytes: u64,
     /// Images CRIU did not ask for.
     pub unread: Vec<String>,
 }
@@ -481,12 +563,12 @@ pub fn serve(
         write_reply(&mut ctl, true)?;
         let pipe = recv_fd(&mut ctl)?;
         served.files += 1;
-        served.bytes += file.bytes;
-        given.insert(name);
-        if let Some(rest) = feed_now(file.pipes, pipe.as_fd())? {
-            // CRIU reads images in an order of its own, several at once: each that does not
-            // fit its pipe at once is fed by a thread of its own.
-            feeders.push(std::thread::spawn(move || feed(rest, pipe)));
+        given.insert(name.clone());
+        if let Some(rest) = feed_now(&file, pipe.as_fd(), &name)? {
+            // CRIU reads images in an order of its own, several at once, and the pages may
+            // still be arriving: each image that is not in its pipe at once is fed by a
+            // thread of its own.
+            feeders.push(std::thread::spawn(move || feed(rest, file, pipe, &name)));
         }
     }
     for f in feeders {
@@ -497,46 +579,71 @@ pub fn serve(
     Ok(served)
 }
 
-/// Splices what fits into CRIU's pipe right away; returns the pipes left to feed (None: all
-/// of it went in, CRIU's pipe may be closed).
-fn feed_now(mut pipes: Vec<OwnedFd>, to: BorrowedFd) -> Result<Option<Vec<OwnedFd>>, StreamError> {
+/// Splices what is there and fits into CRIU's pipe right away. None: all of the image went
+/// in; else the pipe it stopped in, if any, for [`feed`] to go on from.
+fn feed_now(
+    file: &mpsc::Receiver<Piece>,
+    to: BorrowedFd,
+    name: &str,
+) -> Result<Option<Option<OwnedFd>>, StreamError> {
     grow_pipe(to);
-    while let Some(p) = pipes.first() {
-        match splice(
-            p.as_fd(),
-            to,
-            PIPE_BYTES as usize,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        ) {
-            Ok(0) => drop(pipes.remove(0)),
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Some(pipes)),
-            // CRIU closed it (it failed): its restore says why.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
-            Err(e) => return Err(io_err("serve an image")(e)),
-        }
-    }
-    Ok(None)
-}
-
-/// Feeds the rest of an image into CRIU's pipe as CRIU reads it.
-fn feed(pipes: Vec<OwnedFd>, to: OwnedFd) {
-    for p in pipes {
+    loop {
+        let p = match file.try_recv() {
+            Ok(Piece::Pipe(p)) => p,
+            Ok(Piece::Done) => return Ok(None),
+            Err(mpsc::TryRecvError::Empty) => return Ok(Some(None)),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                // Cut short: CRIU fails on its early end.
+                log::warn!("serving {name}: its stream broke; the restore gets it short");
+                return Ok(None);
+            }
+        };
         loop {
             match splice(
                 p.as_fd(),
-                to.as_fd(),
+                to,
                 PIPE_BYTES as usize,
-                libc::SPLICE_F_MOVE,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             ) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => {
-                    log::debug!("feeding an image to CRIU: {e}");
-                    return;
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Some(Some(p))),
+                // CRIU closed it (it failed): its restore says why.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
+                Err(e) => return Err(io_err("serve an image")(e)),
+            }
+        }
+    }
+}
+
+/// Feeds the rest of an image into CRIU's pipe as CRIU reads it and as it arrives.
+fn feed(mut current: Option<OwnedFd>, file: mpsc::Receiver<Piece>, to: OwnedFd, name: &str) {
+    loop {
+        if let Some(p) = current.take() {
+            loop {
+                match splice(
+                    p.as_fd(),
+                    to.as_fd(),
+                    PIPE_BYTES as usize,
+                    libc::SPLICE_F_MOVE,
+                ) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => {
+                        log::debug!("feeding {name} to CRIU: {e}");
+                        return;
+                    }
                 }
+            }
+        }
+        match file.recv() {
+            Ok(Piece::Pipe(p)) => current = Some(p),
+            Ok(Piece::Done) => return,
+            Err(_) => {
+                log::warn!("serving {name}: its stream broke; the restore gets it short");
+                return;
             }
         }
     }
@@ -768,6 +875,13 @@ mod tests {
         l
     }
 
+    fn connected() -> (TcpStream, TcpStream) {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let out = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let (input, _) = tcp.accept().unwrap();
+        (out, input)
+    }
+
     #[test]
     fn request_decoding() {
         assert_eq!(decode_request(b"\x0a\x03abc").unwrap(), "abc");
@@ -789,22 +903,21 @@ mod tests {
         assert!(read_hello(&mut &b"HTTP/1.1 200 OK"[..], "t-1").is_err());
     }
 
-    /// Capture, hold and serve as CRIU would drive them: two images written interleaved (one
-    /// larger than several pipes), then read back in another order; a missing image is
-    /// reported absent; a truncated stream holds nothing.
+    /// Capture, hold and serve as CRIU would drive them: two images written interleaved, the
+    /// pages larger than several pipes; the pages are held at the source until the go, the
+    /// destination hands the images over at Ready and the restore reads them in another
+    /// order; a missing image is reported absent, one asked for twice fails the serve.
     #[test]
     fn images_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut out = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
-        let (mut input, _) = tcp.accept().unwrap();
+        let (mut out, mut input) = connected();
         let big: Vec<u8> = (0..(12u32 << 20))
             .map(|i| (i * 7 + i / 4096) as u8)
             .collect();
         let small = b"inventory".to_vec();
 
         let cap = listener(dir.path(), CAPTURE_SOCKET);
-        let (_keep, cancel) = UnixStream::pair().unwrap();
+        let (mut go, mut ctl) = UnixStream::pair().unwrap();
         let (big2, small2) = (big.clone(), small.clone());
         let criu_path = dir.path().join(CAPTURE_SOCKET);
         let criu = std::thread::spawn(move || {
@@ -816,23 +929,38 @@ mod tests {
             drop(s);
             p.write_all(&big2[1 << 20..]).unwrap();
         });
+        let (captured_tx, captured_rx) = mpsc::channel();
         let sender = std::thread::spawn(move || {
             write_hello(&mut out, "tok").unwrap();
-            let st = capture(&cap, &out, &cancel, &Progress::new()).unwrap();
-            write_end(&mut out).unwrap();
-            st
+            capture(&cap, &out, &mut ctl, &Progress::new(), |s| {
+                captured_tx.send(s).unwrap()
+            })
+            .unwrap()
         });
-        read_hello(&mut input, "tok").unwrap();
-        let held = hold(&input, 0, &Progress::new()).unwrap();
+        // The dump ends with the pages still at the source.
+        let captured = captured_rx.recv().unwrap();
         criu.join().unwrap();
-        let st = sender.join().unwrap();
-        assert_eq!((st.files, st.bytes), (2, (big.len() + small.len()) as u64));
-        assert_eq!(held.bytes(), st.bytes);
+        assert_eq!(
+            (captured.files, captured.bytes),
+            (2, (big.len() + small.len()) as u64)
+        );
+        read_hello(&mut input, "tok").unwrap();
+        go.write_all(&[GO]).unwrap();
+        let (held_tx, held_rx) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            hold(&input, 0, &Progress::new(), |h| held_tx.send(h).unwrap()).unwrap()
+        });
+        let held = held_rx.recv().unwrap();
         assert!(held.contains("pages-1.img") && held.contains("inventory.img"));
+        assert_eq!(
+            held.bytes(),
+            small.len() as u64,
+            "only the pages follow Ready"
+        );
 
         let srv = listener(dir.path(), SERVE_SOCKET);
-        let (_keep2, cancel2) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve(&srv, held, &cancel2));
+        let (_keep, cancel) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || serve(&srv, held, &cancel));
         let mut ctl = UnixStream::connect(dir.path().join(SERVE_SOCKET)).unwrap();
         assert!(criu_open(&mut ctl, "core-1.img", true).is_none());
         let p = criu_open(&mut ctl, "pages-1.img", true).unwrap();
@@ -843,6 +971,9 @@ mod tests {
         got.clear();
         std::fs::File::from(p).read_to_end(&mut got).unwrap();
         assert!(got == big, "the pages came back different");
+        let sent = sender.join().unwrap();
+        let received = holder.join().unwrap();
+        assert_eq!((sent.files, sent.bytes), (received.files, received.bytes));
         // Asked again: consumed, so the serve fails rather than answer wrongly.
         let mut msg = vec![0x0a, 11];
         msg.extend_from_slice(b"pages-1.img");
@@ -855,24 +986,42 @@ mod tests {
 
     /// A connected pair, `a.img` opened on it.
     fn opened() -> (TcpStream, TcpStream) {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut out = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
-        let (input, _) = tcp.accept().unwrap();
+        let (mut out, input) = connected();
         out.write_all(&header(Kind::Open, 0, 5)).unwrap();
         out.write_all(b"a.img").unwrap();
         (out, input)
     }
 
     #[test]
-    fn a_stream_without_its_end_is_truncated() {
+    fn a_stream_without_its_ready_holds_nothing() {
         let (mut out, input) = opened();
         out.write_all(&header(Kind::Data, 0, 3)).unwrap();
         out.write_all(b"abc").unwrap();
         drop(out);
-        assert!(matches!(
-            hold(&input, 0, &Progress::new()),
-            Err(StreamError::Truncated)
-        ));
+        let mut handed = false;
+        let res = hold(&input, 0, &Progress::new(), |_| handed = true);
+        assert!(matches!(res, Err(StreamError::Truncated)) && !handed);
+    }
+
+    /// Cut after Ready: the image being received ends short where it is read.
+    #[test]
+    fn an_image_cut_short_ends_early() {
+        let (mut out, input) = opened();
+        out.write_all(&header(Kind::Ready, 0, 0)).unwrap();
+        out.write_all(&header(Kind::Data, 0, 3)).unwrap();
+        out.write_all(b"abc").unwrap();
+        drop(out);
+        let (tx, rx) = mpsc::channel();
+        let res = hold(&input, 0, &Progress::new(), |h| tx.send(h).unwrap());
+        assert!(matches!(res, Err(StreamError::Truncated)));
+        let mut held = rx.recv().unwrap();
+        let file = held.files.remove("a.img").unwrap();
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        assert!(feed_now(&file, wr.as_fd(), "a.img").unwrap().is_none());
+        drop(wr);
+        let mut got = Vec::new();
+        std::fs::File::from(rd).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"abc");
     }
 
     #[test]
@@ -880,7 +1029,7 @@ mod tests {
         let (mut out, input) = opened();
         out.write_all(&header(Kind::Data, 0, 100)).unwrap();
         assert!(matches!(
-            hold(&input, 10, &Progress::new()),
+            hold(&input, 10, &Progress::new(), |_| ()),
             Err(StreamError::TooLarge { limit: 10 })
         ));
     }

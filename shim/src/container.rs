@@ -18,7 +18,8 @@ use crate::{
     lazy_pages::{PagesIn, Serving},
     metrics,
     migration::{
-        received_dirs, DumpJob, Incoming, Outgoing, RestoreJob, CRIU_CONF, RESTORE_ANNOTATION,
+        received_dirs, DumpJob, InFlight, Incoming, Outgoing, RestoreJob, CRIU_CONF,
+        RESTORE_ANNOTATION,
     },
     process::Process,
     runc::{CheckpointOpts, ChildStdio, Runc},
@@ -342,6 +343,7 @@ impl Container {
             phase: "dumping",
             progress: progress.clone(),
             serving: None,
+            sending: None,
         });
         Ok(DumpJob {
             progress,
@@ -364,24 +366,25 @@ impl Container {
             })
     }
 
-    /// Source: the dump ended; Ok leaves the service frozen awaiting Commit or Abort (after
-    /// the page server's end, post-copy).
-    pub fn end_dump(&mut self, migration_id: &str, ok: bool, serving: Option<Serving>) {
-        if ok {
-            if let Some(m) = self
-                .outgoing
-                .as_mut()
-                .filter(|m| m.migration_id == migration_id)
-            {
-                m.phase = if serving.is_some() {
-                    "serving"
-                } else {
-                    "dumped"
-                };
-                m.serving = serving;
-            }
-        } else {
+    /// Source: the dump ended, with what it left going on if it succeeded, which leaves the
+    /// service frozen awaiting Commit or Abort (after the page server's end, post-copy).
+    pub fn end_dump(&mut self, migration_id: &str, in_flight: Option<InFlight>) {
+        let Some(f) = in_flight else {
             self.outgoing = None;
+            return;
+        };
+        if let Some(m) = self
+            .outgoing
+            .as_mut()
+            .filter(|m| m.migration_id == migration_id)
+        {
+            m.phase = if f.serving.is_some() {
+                "serving"
+            } else {
+                "dumped"
+            };
+            m.serving = f.serving;
+            m.sending = f.sending;
         }
     }
 
@@ -420,6 +423,15 @@ impl Container {
                 }
             )));
         }
+        // Pre-copy: the restore there read every page, so their stream is ending.
+        if let Some(sending) = &self.outgoing_named(migration_id)?.sending {
+            if let Err(e) = sending.wait().await {
+                warn!(
+                    "{}: migration {migration_id}: the pages' stream: {e}",
+                    self.id
+                );
+            }
+        }
         // runc's kill --all thaws the cgroup after signalling; resume only if it did not.
         self.runc.kill(SERVICE, libc::SIGKILL as u32, true).await?;
         self.runc.resume_if_paused(SERVICE).await?;
@@ -442,9 +454,13 @@ impl Container {
             return Ok(());
         }
         let out = self.outgoing_named(migration_id)?;
-        // Post-copy: end the page server first.
+        // Post-copy: end the page server first; pre-copy, the pages' stream, which refers to
+        // the frozen memory.
         if let Some(serving) = out.serving.clone() {
             serving.cancel().await;
+        }
+        if let Some(sending) = out.sending.clone() {
+            sending.stop().await;
         }
         let out = self.outgoing_named(migration_id)?;
         match out.phase() {

@@ -18,9 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use criu_sync::{receiver, sender, streamer::HeldImages, RecvOptions, SendOptions, Sender};
+use criu_sync::{receiver, sender, RecvOptions, SendOptions, Sender};
 use log::{info, warn};
-use tokio::{net::TcpStream, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpStream,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
 
 use crate::{
     command,
@@ -28,7 +32,7 @@ use crate::{
     criu_stats,
     error::{Error, Result},
     lazy_pages::{self, PagesIn, Serving},
-    precopy_images::{self, Capture},
+    precopy_images::{self, Capture, Held, PagesOut},
     runc::{CheckpointOpts, ChildStdio, RestoreOpts, Runc},
 };
 
@@ -95,6 +99,8 @@ pub struct Outgoing {
     pub progress: criu_sync::Progress,
     /// Post-copy, once Dump returned: the page server still serving.
     pub serving: Option<Serving>,
+    /// Pre-copy, once Dump returned: the memory pages still on their way.
+    pub sending: Option<PagesOut>,
 }
 
 impl Outgoing {
@@ -117,8 +123,8 @@ pub struct Incoming {
     progress: criu_sync::Progress,
     /// Where the images are received (set by `listen`).
     images: Option<PathBuf>,
-    /// Pre-copy: CRIU's images, held for the restore once they are all in.
-    held: Arc<Mutex<Option<HeldImages>>>,
+    /// Pre-copy: CRIU's images, held for the restore once all but the pages are in.
+    held: Arc<Mutex<Option<Held>>>,
 }
 
 impl Incoming {
@@ -134,8 +140,9 @@ impl Incoming {
         }
     }
 
-    /// Pre-copy: CRIU's images, once they are in (for the restore, which consumes them).
-    pub fn take_held(&self) -> Option<HeldImages> {
+    /// Pre-copy: CRIU's images, once all but the pages are in (for the restore, which
+    /// consumes them).
+    pub fn take_held(&self) -> Option<Held> {
         self.held.lock().ok()?.take()
     }
 
@@ -235,14 +242,14 @@ impl Incoming {
 
 /// Destination: takes the source's stream on `listener` and receives it into `dir` (through
 /// its staging dir); pre-copy, also the images of the source's CRIU, on a second connection,
-/// held in memory ([`precopy_images`]) and returned once both are complete. On error nothing
-/// is left.
+/// held in memory ([`precopy_images`]) and returned once both are complete but for the
+/// memory pages, which keep arriving. On error nothing is left.
 async fn receive(
     listener: tokio::net::TcpListener,
     dir: &Path,
     mut opts: RecvOptions,
     mid: &str,
-) -> std::result::Result<Option<HeldImages>, String> {
+) -> std::result::Result<Option<Held>, String> {
     let res = async {
         let (stream, peer) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
             .await
@@ -318,6 +325,15 @@ fn staging_dir(images: &Path) -> PathBuf {
     images.with_extension("staging")
 }
 
+/// What a dump leaves going on once Dump returned.
+#[derive(Clone)]
+pub struct InFlight {
+    /// Post-copy: CRIU's page server.
+    pub serving: Option<Serving>,
+    /// Pre-copy: the memory pages on their way.
+    pub sending: Option<PagesOut>,
+}
+
 /// Figures of a finished dump.
 #[derive(Debug, Default, Clone)]
 pub struct DumpStats {
@@ -344,14 +360,15 @@ pub struct DumpJob {
 
 impl DumpJob {
     /// Freezes the service, checkpoints it and streams everything to `peer`. On error the
-    /// service is resumed before returning; on success it stays frozen. Post-copy: returns
-    /// once everything but the memory pages is in, with the page server still serving.
+    /// service is resumed before returning; on success it stays frozen. Returns once
+    /// everything but the memory pages is in: post-copy, the page server still serving them;
+    /// pre-copy, the pages still on their way.
     pub async fn run(
         self,
         peer: &str,
         token: &str,
         mode: PageMode,
-    ) -> Result<(DumpStats, Option<Serving>)> {
+    ) -> Result<(DumpStats, InFlight)> {
         let images = self.dir.join(format!("out-{}", self.migration_id));
         let work = self.dir.join(format!("out-{}.work", self.migration_id));
         for d in [&images, &work] {
@@ -368,9 +385,16 @@ impl DumpJob {
         };
         let res = with_criu_conf(&service, conf, streamed).await;
         match res {
-            Ok((stats, Some((page_server, finish)))) => {
+            Ok((stats, Some((page_server, finish)), _)) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
-                Ok((stats, Some(Serving { page_server, done })))
+                let serving = Some(Serving { page_server, done });
+                Ok((
+                    stats,
+                    InFlight {
+                        serving,
+                        sending: None,
+                    },
+                ))
             }
             res => {
                 let _ = tokio::fs::remove_dir_all(&images).await;
@@ -378,7 +402,15 @@ impl DumpJob {
                     self.resume_after_failure().await;
                 }
                 let _ = tokio::fs::remove_dir_all(&work).await;
-                res.map(|(s, _)| (s, None))
+                res.map(|(s, _, sending)| {
+                    (
+                        s,
+                        InFlight {
+                            serving: None,
+                            sending,
+                        },
+                    )
+                })
             }
         }
     }
@@ -432,7 +464,11 @@ impl DumpJob {
         peer: &str,
         token: &str,
         mode: PageMode,
-    ) -> Result<(DumpStats, Option<(SocketAddr, watch::Receiver<Finish>)>)> {
+    ) -> Result<(
+        DumpStats,
+        Option<(SocketAddr, watch::Receiver<Finish>)>,
+        Option<PagesOut>,
+    )> {
         let mid = &self.migration_id;
         let post_copy = mode.post_copy();
         // Watch before anything is written, and reach the peer before freezing anything.
@@ -518,7 +554,7 @@ impl DumpJob {
                 None => Ok(()),
             }
         });
-        let (captured_tx, captured_rx) = watch::channel(None);
+        let (captured_tx, mut captured_rx) = oneshot::channel();
         let dumped = {
             let (ckpt, tar) = (ckpt_done.clone(), tar_done.clone());
             async move {
@@ -543,13 +579,11 @@ impl DumpJob {
                     }
                 }
                 finished(tar).await?;
-                // Pre-copy: the peer has every image before criu-sync's stream ends.
+                // Pre-copy: the peer has every image but the pages before criu-sync's stream
+                // ends; the pages follow.
                 if let Some(c) = capture {
-                    let streamed = c
-                        .finish()
-                        .await
-                        .map_err(|e| format!("the image stream: {e}"))?;
-                    captured_tx.send_replace(Some(streamed));
+                    let streamed = c.go().await.map_err(|e| format!("the image stream: {e}"))?;
+                    let _ = captured_tx.send(streamed);
                 }
                 Ok(())
             }
@@ -594,7 +628,7 @@ impl DumpJob {
         } else {
             dump_stats(work, images)
         };
-        let captured = *captured_rx.borrow();
+        let (captured, sending) = captured_rx.try_recv().ok().unzip();
         let out = DumpStats {
             // Pre-copy: CRIU's images went through the image stream, beside criu-sync's.
             bytes: sent.bytes + captured.map_or(0, |c| c.bytes),
@@ -612,11 +646,13 @@ impl DumpJob {
         match page_server {
             Some(ps) => {
                 info!("migration {mid}: dumped and sent all but the pages {out:?}; serving pages on {ps}");
-                Ok((out, Some((ps, ckpt_done))))
+                Ok((out, Some((ps, ckpt_done)), None))
             }
             None => {
-                info!("migration {mid}: dumped and sent {out:?}");
-                Ok((out, None))
+                info!(
+                    "migration {mid}: dumped and sent all but the pages {out:?}; the pages follow"
+                );
+                Ok((out, None, sending))
             }
         }
     }
@@ -763,8 +799,9 @@ pub struct RestoreJob<'a> {
     pub service_bundle: &'a Path,
     pub upperdir: Option<&'a Path>,
     pub migration_id: &'a str,
-    /// Pre-copy: CRIU's images, served to the restore through CRIU's image streamer.
-    pub held: Option<HeldImages>,
+    /// Pre-copy: CRIU's images, served to the restore through CRIU's image streamer, the
+    /// pages as they arrive.
+    pub held: Option<Held>,
 }
 
 impl RestoreJob<'_> {
@@ -804,9 +841,12 @@ impl RestoreJob<'_> {
         hold: bool,
     ) -> Result<(i32, Option<PagesIn>)> {
         let images = self.images;
-        let server = match self.held.take() {
-            Some(held) => Some(precopy_images::Server::start(images, held)?),
-            None => None,
+        let (server, rest) = match self.held.take() {
+            Some(Held { images: held, rest }) => (
+                Some(precopy_images::Server::start(images, held)?),
+                Some(rest),
+            ),
+            None => (None, None),
         };
         let t0 = Instant::now();
         // Post-copy: the pages come from the source's page server through a lazy-pages
@@ -840,10 +880,31 @@ impl RestoreJob<'_> {
             Ok::<_, Error>(pid)
         }
         .await;
+        // Failed: the pages still on their way are of no use, and feeding them kept the serve
+        // going. Restored: CRIU read every page; the stream's end is right behind them.
+        let rest = match rest {
+            Some(r) if restored.is_err() => {
+                drop(r);
+                None
+            }
+            r => r,
+        };
         let served = match server {
             Some(s) => s.finish(self.migration_id).await,
             None => Ok(()),
         };
+        if let Some(r) = rest {
+            match r.finish().await {
+                Ok(s) => info!(
+                    "migration {}: the image stream ended: {} images, {} bytes",
+                    self.migration_id, s.files, s.bytes
+                ),
+                Err(e) => warn!(
+                    "migration {}: the image stream ended badly after a restore that read all of it: {e}",
+                    self.migration_id
+                ),
+            }
+        }
         let restored = match (restored, served) {
             (Err(e), Err(why)) => Err(Error::FailedPrecondition(format!(
                 "{e} (serving the images to CRIU: {why})"

@@ -112,11 +112,10 @@ impl Migration for MigrationService {
         // restarted coordinator, whose Abort then resumes the service).
         let (s, serving) = tokio::spawn(async move {
             let res = job.run(&req.peer, &req.token, mode).await;
-            let serving = res.as_ref().ok().and_then(|(_, s)| s.clone());
-            c.lock()
-                .await
-                .end_dump(&req.migration_id, res.is_ok(), serving);
-            res
+            let in_flight = res.as_ref().ok().map(|(_, f)| f.clone());
+            let serving = in_flight.as_ref().and_then(|f| f.serving.clone());
+            c.lock().await.end_dump(&req.migration_id, in_flight);
+            res.map(|(s, _)| (s, serving))
         })
         .await
         .map_err(|e| Error::FailedPrecondition(format!("dump task failed: {e}")))??;

@@ -1,14 +1,19 @@
 //! Pre-copy's images: the source's CRIU dumps with the `stream` option (CRIU patch 0007 lets
 //! runc's RPC dump and restore use it) into [`streamer::capture`], which splices them into a
-//! second connection to the port the criu-sync stream came in on. The destination holds them
-//! in pipes ([`streamer::hold`]) and serves them to the restoring CRIU ([`streamer::serve`]).
-//! No side writes an image to a file, and no page is copied before the restore's own copy
-//! into the service's memory; criu-sync carries the files runc writes and the writable layer.
+//! second connection to the port the criu-sync stream came in on, but for the memory pages:
+//! those it keeps in pipes (references to the frozen service's memory) until the dump
+//! succeeded ([`Capture::go`]), so the dump ends without waiting for the link, and sends them
+//! while the destination restores ([`PagesOut`]). The destination holds the images in pipes
+//! ([`streamer::hold`]) and serves them to the restoring CRIU ([`streamer::serve`]), the pages
+//! as they arrive. No side writes an image to a file, and no page is copied before the
+//! restore's own copy into the service's memory; criu-sync carries the files runc writes and
+//! the writable layer.
 use std::{
     io::Write,
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     os::unix::net::{UnixListener, UnixStream},
     path::Path,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,9 +22,16 @@ use criu_sync::{
     Progress,
 };
 use log::{info, warn};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    migration::wait_outcome,
+};
 
 /// Among the files criu-sync sends: the images come by the image stream; the destination
 /// holds them before the restore.
@@ -75,7 +87,7 @@ fn listen_in(dir: &Path, name: &str) -> Result<UnixListener> {
 /// Source: CRIU's images on their way to the destination.
 pub struct Capture {
     stopper: Stopper,
-    sock: TcpStream,
+    captured: oneshot::Receiver<Streamed>,
     task: JoinHandle<std::result::Result<Streamed, StreamError>>,
 }
 
@@ -100,38 +112,53 @@ impl Capture {
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
         .map_err(Error::io("the image stream's socket"))?;
         let _ = sock.set_nodelay(true);
-        let (cancel, cancelled) = UnixStream::pair().map_err(Error::io("socketpair"))?;
-        let clone = |s: &TcpStream| {
-            s.try_clone()
-                .map_err(Error::io("the image stream's socket"))
-        };
-        let (mut out, keep) = (clone(&sock)?, clone(&sock)?);
+        let (cancel, mut ctl) = UnixStream::pair().map_err(Error::io("socketpair"))?;
+        let keep = sock
+            .try_clone()
+            .map_err(Error::io("the image stream's socket"))?;
         let token = token.to_string();
+        let (captured_tx, captured) = oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
+            let mut out = &sock;
             streamer::write_hello(&mut out, &token)?;
-            streamer::capture(&listener, &out, &cancelled, &progress)
+            streamer::capture(&listener, &sock, &mut ctl, &progress, |s| {
+                let _ = captured_tx.send(s);
+            })
         });
         Ok(Capture {
             stopper: Stopper {
                 cancel,
                 sock: Some(keep),
             },
-            sock,
+            captured,
             task,
         })
     }
 
-    /// Once the dump succeeded: waits for the last image to leave and ends the stream.
-    pub async fn finish(mut self) -> std::result::Result<Streamed, String> {
-        let streamed = joined(self.task).await.map_err(|e| e.to_string())?;
-        let mut sock = self.sock;
-        joined(tokio::task::spawn_blocking(move || {
-            streamer::write_end(&mut sock)
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
-        self.stopper.sock = None;
-        Ok(streamed)
+    /// Once the dump succeeded: waits until every image but the pages has left, and lets the
+    /// pages follow in the background.
+    pub async fn go(mut self) -> std::result::Result<(Streamed, PagesOut), String> {
+        let Ok(streamed) = self.captured.await else {
+            return Err(match joined(self.task).await {
+                Err(e) => e.to_string(),
+                Ok(_) => "the image streamer ended early".into(),
+            });
+        };
+        self.stopper
+            .cancel
+            .write_all(&[streamer::GO])
+            .map_err(|e| format!("start the pages: {e}"))?;
+        let (tx, done) = watch::channel(None);
+        let task = self.task;
+        tokio::spawn(async move {
+            let res = joined(task).await.map(|_| ()).map_err(|e| e.to_string());
+            tx.send_replace(Some(res));
+        });
+        let pages = PagesOut {
+            stopper: Arc::new(Mutex::new(self.stopper)),
+            done,
+        };
+        Ok((streamed, pages))
     }
 
     /// The dump failed: stops the stream (the destination holds nothing of an unended one).
@@ -145,15 +172,75 @@ impl Capture {
     }
 }
 
+/// Source, after a dump: its memory pages on their way (references to the frozen service's
+/// memory, so it stays frozen until they are gone or stopped). Dropping the last clone stops
+/// them.
+#[derive(Clone)]
+pub struct PagesOut {
+    stopper: Arc<Mutex<Stopper>>,
+    done: watch::Receiver<Option<std::result::Result<(), String>>>,
+}
+
+impl std::fmt::Debug for PagesOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PagesOut({:?})", *self.done.borrow())
+    }
+}
+
+impl PagesOut {
+    /// Waits (up to [`FINISH_TIMEOUT`]) for the last page to leave.
+    pub async fn wait(&self) -> std::result::Result<(), String> {
+        tokio::time::timeout(FINISH_TIMEOUT, wait_outcome(self.done.clone(), "the pages"))
+            .await
+            .unwrap_or_else(|_| Err(format!("not sent within {FINISH_TIMEOUT:?}")))
+    }
+
+    /// Stops sending (Abort) and waits for the sender's end.
+    pub async fn stop(&self) {
+        if let Ok(mut s) = self.stopper.lock() {
+            s.stop();
+        }
+        let _ = self.wait().await;
+    }
+}
+
 impl Drop for Stopper {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
+/// Destination: the images of a stream at its Ready, the pages still arriving into them.
+pub struct Held {
+    pub images: HeldImages,
+    pub rest: Rest,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}, the pages following", self.images)
+    }
+}
+
+/// The pages of a held stream, still arriving. Dropping it stops them.
+pub struct Rest {
+    _stopper: Stopper,
+    task: JoinHandle<std::result::Result<Streamed, StreamError>>,
+}
+
+impl Rest {
+    /// After a restore that read every page: waits for the stream's end.
+    pub async fn finish(self) -> std::result::Result<Streamed, String> {
+        tokio::time::timeout(FINISH_TIMEOUT, joined(self.task))
+            .await
+            .unwrap_or(Err(StreamError::Truncated))
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Destination: takes the image stream's connection on `listener`, from `source` only (any
-/// other is closed), and holds the images until the stream's end: at most `max_bytes` (0: no
-/// limit). Dropping the future stops the stream.
+/// other is closed), and holds the images: at most `max_bytes` (0: no limit). Returns at the
+/// stream's Ready, the pages still arriving. Dropping the future stops the stream.
 pub async fn hold(
     listener: TcpListener,
     source: IpAddr,
@@ -161,7 +248,7 @@ pub async fn hold(
     max_bytes: u64,
     progress: Progress,
     mid: &str,
-) -> std::result::Result<HeldImages, String> {
+) -> std::result::Result<Held, String> {
     let (stream, peer) = loop {
         let (s, peer) = listener
             .accept()
@@ -180,19 +267,33 @@ pub async fn hold(
         .try_clone()
         .map_err(|e| format!("the image stream's connection: {e}"))?;
     let (cancel, _unused) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let _stopper = Stopper {
+    let stopper = Stopper {
         cancel,
         sock: Some(keep),
     };
     info!("migration {mid}: holding the images {peer} streams");
     let token = token.to_string();
-    joined(tokio::task::spawn_blocking(move || {
+    let (tx, ready) = oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
         let mut input = &sock;
         streamer::read_hello(&mut input, &token)?;
-        streamer::hold(&sock, max_bytes, &progress)
-    }))
-    .await
-    .map_err(|e| e.to_string())
+        streamer::hold(&sock, max_bytes, &progress, |h| {
+            let _ = tx.send(h);
+        })
+    });
+    match ready.await {
+        Ok(images) => Ok(Held {
+            images,
+            rest: Rest {
+                _stopper: stopper,
+                task,
+            },
+        }),
+        Err(_) => Err(match joined(task).await {
+            Err(e) => e.to_string(),
+            Ok(_) => "the image stream ended without its images".into(),
+        }),
+    }
 }
 
 /// Destination: serves held images to the restore's CRIU, at [`streamer::SERVE_SOCKET`] in
@@ -223,9 +324,8 @@ impl Server {
         match joined(self.task).await {
             Ok(s) => {
                 info!(
-                    "migration {mid}: served {} images, {} bytes, to the restore{}",
+                    "migration {mid}: served {} images to the restore{}",
                     s.files,
-                    s.bytes,
                     if s.unread.is_empty() {
                         String::new()
                     } else {
