@@ -392,8 +392,16 @@ fn ums_inner(
     r.frozen_ms = f("frozen_ms");
     r.downtime_ms = f("downtime_ms");
     r.bytes = j.get("bytes").and_then(|v| v.as_u64());
-    // post-copy: the pages move after the restore too
-    let xfer = ["checkpoint", "transfer", "post_copy"]
+    let flag = |k: &str| j.get(k).and_then(|v| v.as_bool()) == Some(true);
+    let (post_copy, hold) = (flag("post_copy"), flag("hold"));
+    // Where the pages cross: post-copy's after the restore, container-level pre-copy's during
+    // it, the orchestrator-level's in the dump.
+    let active: &[&str] = match (post_copy, approach) {
+        (true, _) => &["checkpoint", "transfer", "post_copy"],
+        (false, Approach::Container) => &["checkpoint", "transfer", "restore"],
+        _ => &["checkpoint", "transfer"],
+    };
+    let xfer = active
         .iter()
         .filter_map(|p| r.phases_ms.get(*p))
         .sum::<f64>();
@@ -405,8 +413,6 @@ fn ums_inner(
     r.shim_src_hwm_kib = sys::peak_kib(&samples, "shim-a");
     r.shim_dst_hwm_kib = sys::peak_kib(&samples, "shim-b");
     r.criu_hwm_kib = sys::peak_kib(&samples, "criu");
-    let flag = |k: &str| j.get(k).and_then(|v| v.as_bool()) == Some(true);
-    let (post_copy, hold) = (flag("post_copy"), flag("hold"));
     r.extra = Some(j);
     let want = match approach {
         Approach::ContainerPostCopy => (true, false),
