@@ -213,23 +213,15 @@ enum Piece {
 
 /// An image being received (or, at the source, the pages being taken from CRIU).
 struct Receiving {
-    id: u32,
-    name: String,
     tx: mpsc::Sender<Piece>,
     /// Write end of the last pipe, while it has room.
     writer: Option<OwnedFd>,
 }
 
 impl Receiving {
-    fn new(id: u32, name: String) -> (Receiving, mpsc::Receiver<Piece>) {
+    fn new() -> (Receiving, mpsc::Receiver<Piece>) {
         let (tx, rx) = mpsc::channel();
-        let r = Receiving {
-            id,
-            name,
-            tx,
-            writer: None,
-        };
-        (r, rx)
+        (Receiving { tx, writer: None }, rx)
     }
 
     /// Splices `len` bytes (which `from` has or will have) into the image's pipes, a new one
@@ -297,7 +289,7 @@ pub fn capture(
     let (staged, staging) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno_err("create a pipe"))?;
     grow_pipe(staging.as_fd());
-    let mut open: Vec<(u32, String, OwnedFd)> = Vec::new();
+    let mut open: Vec<(u32, OwnedFd)> = Vec::new();
     let mut pages: HashMap<u32, Receiving> = HashMap::new();
     let mut held: Vec<(u32, mpsc::Receiver<Piece>)> = Vec::new();
     let mut next_id = 0u32;
@@ -311,7 +303,7 @@ pub fn capture(
         let first_pipe = fds.len();
         fds.extend(
             open.iter()
-                .map(|(_, _, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+                .map(|(_, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
         );
         wait(&mut fds)?;
         if cancelled(&fds) {
@@ -323,7 +315,7 @@ pub fn capture(
             .collect();
         drop(fds);
         let mut done = Vec::new();
-        for (i, (id, _, pipe)) in open.iter().enumerate() {
+        for (i, (id, pipe)) in open.iter().enumerate() {
             if !ready[first_pipe + i] {
                 continue;
             }
@@ -377,11 +369,11 @@ pub fn capture(
                     send_more(sock, &header(Kind::Open, id, name.len() as u64))?;
                     send_all(sock, name.as_bytes())?;
                     if is_pages(&name) {
-                        let (r, rx) = Receiving::new(id, name.clone());
+                        let (r, rx) = Receiving::new();
                         pages.insert(id, r);
                         held.push((id, rx));
                     }
-                    open.push((id, name, pipe));
+                    open.push((id, pipe));
                 }
             }
         }
@@ -475,9 +467,9 @@ pub fn hold(
                     .map_err(|_| StreamError::Malformed("an image name is not UTF-8".into()))?;
                 validate_name(&name)
                     .map_err(|e| StreamError::Malformed(format!("image {name:?}: {e}")))?;
-                let (r, rx) = Receiving::new(id, name.clone());
-                if held.files.insert(name, rx).is_some() {
-                    log::warn!("the image stream sent {} twice: the last one kept", r.name);
+                let (r, rx) = Receiving::new();
+                if held.files.insert(name.clone(), rx).is_some() {
+                    log::warn!("the image stream sent {name} twice: the last one kept");
                 }
                 open.insert(id, r);
             }
@@ -496,7 +488,6 @@ pub fn hold(
                 let r = open
                     .remove(&id)
                     .ok_or_else(|| StreamError::Malformed(format!("close of image {id}")))?;
-                debug_assert_eq!(r.id, id);
                 r.close();
                 stats.files += 1;
                 progress.add_file();

@@ -882,13 +882,7 @@ impl RestoreJob<'_> {
         .await;
         // Failed: the pages still on their way are of no use, and feeding them kept the serve
         // going. Restored: CRIU read every page; the stream's end is right behind them.
-        let rest = match rest {
-            Some(r) if restored.is_err() => {
-                drop(r);
-                None
-            }
-            r => r,
-        };
+        let rest = rest.filter(|_| restored.is_ok());
         let served = match server {
             Some(s) => s.finish(self.migration_id).await,
             None => Ok(()),

@@ -110,17 +110,16 @@ impl Migration for MigrationService {
         // In a task of its own: ttrpc drops a handler whose client went away (a coordinator
         // killed mid-dump), and the dump must still end and record how (Status tells the
         // restarted coordinator, whose Abort then resumes the service).
-        let (s, serving) = tokio::spawn(async move {
+        let (s, in_flight) = tokio::spawn(async move {
             let res = job.run(&req.peer, &req.token, mode).await;
             let in_flight = res.as_ref().ok().map(|(_, f)| f.clone());
-            let serving = in_flight.as_ref().and_then(|f| f.serving.clone());
             c.lock().await.end_dump(&req.migration_id, in_flight);
-            res.map(|(s, _)| (s, serving))
+            res
         })
         .await
         .map_err(|e| Error::FailedPrecondition(format!("dump task failed: {e}")))??;
         let mut resp = dump_response(&s);
-        if let Some(serving) = serving {
+        if let Some(serving) = in_flight.serving {
             resp.page_server = serving.page_server.to_string();
         }
         Ok(resp)

@@ -233,7 +233,7 @@ impl Rest {
     pub async fn finish(self) -> std::result::Result<Streamed, String> {
         tokio::time::timeout(FINISH_TIMEOUT, joined(self.task))
             .await
-            .unwrap_or(Err(StreamError::Truncated))
+            .map_err(|_| format!("not ended within {FINISH_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())
     }
 }
