@@ -4,6 +4,7 @@
 
 mod criu_stats;
 mod link;
+mod memory;
 mod methods;
 mod plan;
 mod plot;
@@ -313,6 +314,17 @@ fn main() {
         cli.sync_mib,
         show(f.criu_sync_mb_s),
         f.link
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!(" ({e})"))
+    );
+    f.memory = memory::probe(report::TOTAL_TARGET_MIB, cli.link_reps);
+    eprintln!(
+        "ums-bench: memory, {} MiB: first touch {} ms, freeing {} ms{}",
+        f.memory.mib,
+        show(med(&f.memory.touch_ms)),
+        show(med(&f.memory.free_ms)),
+        f.memory
             .error
             .as_deref()
             .map_or(String::new(), |e| format!(" ({e})"))

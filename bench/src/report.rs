@@ -37,6 +37,9 @@ pub struct BenchFile {
     /// The link probe's samples.
     #[serde(default)]
     pub link: LinkProbe,
+    /// The memory probe's samples.
+    #[serde(default)]
+    pub memory: crate::memory::MemoryProbe,
     pub sizes_mib: Vec<u64>,
     pub procs: Vec<u64>,
     pub reps: u32,
@@ -370,6 +373,21 @@ pub fn markdown(f: &BenchFile) -> String {
                 verdict(rt.map(|x| x <= 1.3))
             );
         }
+        let mem = &f.memory;
+        let touch = summarize(&mem.touch_ms).map(|s| s.median);
+        let free = summarize(&mem.free_ms).map(|s| s.median);
+        if let (Some(touch), Some(free)) = (touch, free) {
+            let wire = f
+                .raw_tcp_mb_s
+                .map(|r| (mem.mib << 20) as f64 / 1e6 / r * 1e3);
+            let _ = writeln!(
+                s,
+                "  - for scale (memory probe, medians of {}): first touch of {} MiB (no MADV_HUGEPAGE, as memhog's) {touch:.0} ms, freeing it {free:.0} ms, beside its wire time {} ms: a restore allocates every page, the source's teardown frees them, on the CPUs that also carry the link",
+                mem.touch_ms.len(),
+                mem.mib,
+                wire.map_or("-".into(), |x| format!("{x:.0}")),
+            );
+        }
     } else {
         for &u in &ums_methods {
             let t = m(u, 128, "total_ms");
@@ -549,6 +567,12 @@ mod tests {
             .to_vec(),
             raw_tcp_mb_s: Some(2000.0),
             criu_sync_mb_s: Some(1900.0),
+            memory: crate::memory::MemoryProbe {
+                mib: 1024,
+                touch_ms: vec![340.0, 330.0, 350.0],
+                free_ms: vec![60.0, 70.0, 65.0],
+                error: None,
+            },
             runs,
             ..Default::default()
         }
@@ -610,6 +634,8 @@ mod tests {
             // 4801 / (1075.7 MB / 2000 MB/s * 1e3 + 301) = 4801 / 838.9
             "- 1024 MiB, unshaped: ums total / (bytes / raw link + 0 MiB total) = 4801 / (1075.7 MB / 2000 MB/s + 301 ms, 0 MiB from the calibration runs) = 5.72 (target <= 1.30): MISSED",
             "- 1024 MiB, unshaped: ums-postcopy total / (bytes / raw link + 0 MiB total) = 5601 / (1075.7 MB / 2000 MB/s + 321 ms, 0 MiB from the calibration runs) = 6.52 (target <= 1.30): MISSED",
+            // 1024 MiB = 1073.7 MB, / 2000 MB/s
+            "  - for scale (memory probe, medians of 3): first touch of 1024 MiB (no MADV_HUGEPAGE, as memhog's) 340 ms, freeing it 65 ms, beside its wire time 537 ms",
             "- idle shim RSS, ums: 2.0-2.4 s after the task started (source shim, max over runs) = 4.3 MiB, of which anonymous 1.3 MiB (target <= 5 MiB RSS): met",
             "- idle shim RSS, ums-postcopy: 2.0-2.4 s after the task started",
         ] {

@@ -554,6 +554,10 @@ pub struct Record {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
+    /// How a migration completed without `result`: its source coordinator restarted after the
+    /// destination had restored the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Report>,
 }
@@ -828,6 +832,7 @@ pub(crate) mod tests {
             },
             error: None,
             error_kind: None,
+            note: None,
             result: None,
         };
         let v = serde_json::to_value(&r).unwrap();

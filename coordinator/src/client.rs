@@ -159,7 +159,7 @@ pub async fn migrate(opts: &MigrateOptions, mut progress: impl FnMut(Progress)) 
                 return rec.result.ok_or_else(|| {
                     Error::Failed(format!(
                         "migration {id} completed, but the source has no figures of it: {}",
-                        rec.error.as_deref().unwrap_or("no reason given")
+                        rec.note.as_deref().unwrap_or("no reason given")
                     ))
                 });
             }
@@ -265,6 +265,7 @@ mod tests {
             phases_ms: PartialPhasesMs::default(),
             error: Some("image X not present on system b".into()),
             error_kind: Some("peer".into()),
+            note: None,
             result: None,
         };
         assert_eq!(

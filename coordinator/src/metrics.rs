@@ -216,6 +216,7 @@ mod tests {
             phases_ms: phases,
             error: None,
             error_kind: None,
+            note: None,
             result: None,
         }
     }

@@ -210,8 +210,7 @@ impl Coordinator {
                     msg.push_str(&format!(" ({})", warnings.join("; ")));
                 }
                 info!("migration {id}: {msg}");
-                self.registry
-                    .finish(&id, State::Completed, Some(&Error::Failed(msg)), None);
+                self.registry.complete_without_result(&id, msg);
                 Journal::remove(&self.cfg.state_dir, &id).await;
             }
             Ok(Settled::Frozen(why)) => {

@@ -91,6 +91,7 @@ impl Registry {
                     phases_ms: PartialPhasesMs::default(),
                     error: None,
                     error_kind: None,
+                    note: None,
                     result: None,
                 },
                 started: Instant::now(),
@@ -170,6 +171,12 @@ impl Registry {
                 g.entries.remove(&old);
             }
         }
+    }
+
+    /// Ends migration `id` as completed without its figures, saying how (a restarted source's).
+    pub fn complete_without_result(&self, id: &str, note: String) {
+        self.finish(id, State::Completed, None, None);
+        self.with(id, |e| e.record.note = Some(note));
     }
 
     /// Records a failure in the current phase without ending the migration (the destination
@@ -283,6 +290,21 @@ mod tests {
         // Free again.
         reg.begin("m5", &web1, Role::Source, "http://b").unwrap();
         assert_eq!(reg.list().len(), 3);
+    }
+
+    #[test]
+    fn completed_without_its_figures_says_how_and_no_error() {
+        let reg = Registry::new();
+        let c = ContainerRef::parse("default/web1").unwrap();
+        reg.begin("m1", &c, Role::Source, "http://b").unwrap();
+        reg.complete_without_result("m1", "restarted; b had restored the service".into());
+        let r = reg.get("m1").unwrap();
+        assert_eq!((r.state, r.phase), (State::Completed, Phase::Done));
+        assert_eq!(
+            r.note.as_deref(),
+            Some("restarted; b had restored the service")
+        );
+        assert!(r.error.is_none() && r.error_kind.is_none() && r.result.is_none());
     }
 
     #[test]

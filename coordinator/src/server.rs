@@ -610,6 +610,7 @@ mod tests {
             phases_ms: Default::default(),
             error: Some("x".into()),
             error_kind: Some("y".into()),
+            note: Some("z".into()),
             result: Some(report),
         };
         check("Record", serde_json::to_value(&rec).unwrap());

@@ -160,6 +160,9 @@ pub fn detail(r: &Record) -> String {
             f.push(("note", n.clone()));
         }
     }
+    if let Some(n) = &r.note {
+        f.push(("note", n.clone()));
+    }
     if let Some(e) = &r.error {
         let kind = r.error_kind.as_deref().unwrap_or("error");
         f.push(("error", format!("{e} ({kind})")));
@@ -240,6 +243,7 @@ mod tests {
             },
             error: None,
             error_kind: None,
+            note: None,
             result: None,
         }
     }

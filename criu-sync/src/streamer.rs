@@ -555,11 +555,16 @@ pub fn serve(
         let pipe = recv_fd(&mut ctl)?;
         served.files += 1;
         given.insert(name.clone());
-        if let Some(rest) = feed_now(&file, pipe.as_fd(), &name)? {
+        grow_pipe(pipe.as_fd());
+        if let Fed::Stopped(rest) = feed(None, &file, pipe.as_fd(), &name, false)? {
             // CRIU reads images in an order of its own, several at once, and the pages may
             // still be arriving: each image that is not in its pipe at once is fed by a
             // thread of its own.
-            feeders.push(std::thread::spawn(move || feed(rest, file, pipe, &name)));
+            feeders.push(std::thread::spawn(move || {
+                if let Err(e) = feed(rest, &file, pipe.as_fd(), &name, true) {
+                    log::debug!("feeding {name} to CRIU: {e}");
+                }
+            }));
         }
     }
     for f in feeders {
@@ -570,71 +575,55 @@ pub fn serve(
     Ok(served)
 }
 
-/// Splices what is there and fits into CRIU's pipe right away. None: all of the image went
-/// in; else the pipe it stopped in, if any, for [`feed`] to go on from.
-fn feed_now(
+/// How far [`feed`] got with an image.
+enum Fed {
+    /// All of it went in (or none can any more: cut short, or CRIU gone).
+    All,
+    /// Not waiting: CRIU's pipe is full or the rest has not arrived; go on from this pipe.
+    Stopped(Option<OwnedFd>),
+}
+
+/// Splices an image into CRIU's pipe, from `current` on. `wait`: all of it, as CRIU reads it
+/// and as it arrives (a feeder thread's); else only what is there and fits right away.
+fn feed(
+    mut current: Option<OwnedFd>,
     file: &mpsc::Receiver<Piece>,
     to: BorrowedFd,
     name: &str,
-) -> Result<Option<Option<OwnedFd>>, StreamError> {
-    grow_pipe(to);
+    wait: bool,
+) -> Result<Fed, StreamError> {
+    let flags = if wait {
+        libc::SPLICE_F_MOVE
+    } else {
+        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK
+    };
     loop {
-        let p = match file.try_recv() {
+        let next = match current.take() {
+            Some(p) => Ok(Piece::Pipe(p)),
+            None if wait => file.recv().map_err(|_| mpsc::TryRecvError::Disconnected),
+            None => file.try_recv(),
+        };
+        let p = match next {
             Ok(Piece::Pipe(p)) => p,
-            Ok(Piece::Done) => return Ok(None),
-            Err(mpsc::TryRecvError::Empty) => return Ok(Some(None)),
+            Ok(Piece::Done) => return Ok(Fed::All),
+            Err(mpsc::TryRecvError::Empty) => return Ok(Fed::Stopped(None)),
             Err(mpsc::TryRecvError::Disconnected) => {
                 // Cut short: CRIU fails on its early end.
                 log::warn!("serving {name}: its stream broke; the restore gets it short");
-                return Ok(None);
+                return Ok(Fed::All);
             }
         };
         loop {
-            match splice(
-                p.as_fd(),
-                to,
-                PIPE_BYTES as usize,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            ) {
+            match splice(p.as_fd(), to, PIPE_BYTES as usize, flags) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Some(Some(p))),
-                // CRIU closed it (it failed): its restore says why.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
-                Err(e) => return Err(io_err("serve an image")(e)),
-            }
-        }
-    }
-}
-
-/// Feeds the rest of an image into CRIU's pipe as CRIU reads it and as it arrives.
-fn feed(mut current: Option<OwnedFd>, file: mpsc::Receiver<Piece>, to: OwnedFd, name: &str) {
-    loop {
-        if let Some(p) = current.take() {
-            loop {
-                match splice(
-                    p.as_fd(),
-                    to.as_fd(),
-                    PIPE_BYTES as usize,
-                    libc::SPLICE_F_MOVE,
-                ) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => {
-                        log::debug!("feeding {name} to CRIU: {e}");
-                        return;
-                    }
+                Err(e) if !wait && e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Ok(Fed::Stopped(Some(p)))
                 }
-            }
-        }
-        match file.recv() {
-            Ok(Piece::Pipe(p)) => current = Some(p),
-            Ok(Piece::Done) => return,
-            Err(_) => {
-                log::warn!("serving {name}: its stream broke; the restore gets it short");
-                return;
+                // CRIU closed it (it failed): its restore says why.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(Fed::All),
+                Err(e) => return Err(io_err("serve an image")(e)),
             }
         }
     }
@@ -1008,7 +997,10 @@ mod tests {
         let mut held = rx.recv().unwrap();
         let file = held.files.remove("a.img").unwrap();
         let (rd, wr) = nix::unistd::pipe().unwrap();
-        assert!(feed_now(&file, wr.as_fd(), "a.img").unwrap().is_none());
+        assert!(matches!(
+            feed(None, &file, wr.as_fd(), "a.img", false).unwrap(),
+            Fed::All
+        ));
         drop(wr);
         let mut got = Vec::new();
         std::fs::File::from(rd).read_to_end(&mut got).unwrap();

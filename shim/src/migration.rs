@@ -349,6 +349,17 @@ pub struct DumpStats {
 /// How a dump's CRIU ended: its elapsed time since the freeze, or why it failed.
 type Finish = Option<std::result::Result<Duration, String>>;
 
+/// Where a dump's memory pages are once everything else is in.
+enum PagesLeft {
+    /// Post-copy: CRIU's page server serves them until its dump ends.
+    Served {
+        page_server: SocketAddr,
+        finish: watch::Receiver<Finish>,
+    },
+    /// Pre-copy: on their way.
+    Sending(PagesOut),
+}
+
 /// What a dump needs from its container, taken under the container's lock.
 pub struct DumpJob {
     pub progress: criu_sync::Progress,
@@ -383,36 +394,41 @@ impl DumpJob {
             PageMode::PreCopy => precopy_images::CRIU_CONF,
             PageMode::PostCopy { .. } => "",
         };
-        let res = with_criu_conf(&service, conf, streamed).await;
-        match res {
-            Ok((stats, Some((page_server, finish)), _)) => {
+        let res = match with_criu_conf(&service, conf, streamed).await {
+            Ok((
+                stats,
+                PagesLeft::Served {
+                    page_server,
+                    finish,
+                },
+            )) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
                 let serving = Some(Serving { page_server, done });
-                Ok((
+                return Ok((
                     stats,
                     InFlight {
                         serving,
                         sending: None,
                     },
-                ))
+                ));
             }
-            res => {
-                let _ = tokio::fs::remove_dir_all(&images).await;
-                if res.is_err() {
-                    self.resume_after_failure().await;
-                }
-                let _ = tokio::fs::remove_dir_all(&work).await;
-                res.map(|(s, _, sending)| {
-                    (
-                        s,
-                        InFlight {
-                            serving: None,
-                            sending,
-                        },
-                    )
-                })
-            }
+            Ok((stats, PagesLeft::Sending(pages))) => Ok((stats, pages)),
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_dir_all(&images).await;
+        if res.is_err() {
+            self.resume_after_failure().await;
         }
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        res.map(|(s, pages)| {
+            (
+                s,
+                InFlight {
+                    serving: None,
+                    sending: Some(pages),
+                },
+            )
+        })
     }
 
     async fn resume_after_failure(&self) {
@@ -464,11 +480,7 @@ impl DumpJob {
         peer: &str,
         token: &str,
         mode: PageMode,
-    ) -> Result<(
-        DumpStats,
-        Option<(SocketAddr, watch::Receiver<Finish>)>,
-        Option<PagesOut>,
-    )> {
+    ) -> Result<(DumpStats, PagesLeft)> {
         let mid = &self.migration_id;
         let post_copy = mode.post_copy();
         // Watch before anything is written, and reach the peer before freezing anything.
@@ -643,17 +655,28 @@ impl DumpJob {
                 0
             },
         };
-        match page_server {
-            Some(ps) => {
-                info!("migration {mid}: dumped and sent all but the pages {out:?}; serving pages on {ps}");
-                Ok((out, Some((ps, ckpt_done)), None))
+        match (page_server, sending) {
+            (Some(page_server), _) => {
+                info!("migration {mid}: dumped and sent all but the pages {out:?}; serving pages on {page_server}");
+                let finish = ckpt_done;
+                Ok((
+                    out,
+                    PagesLeft::Served {
+                        page_server,
+                        finish,
+                    },
+                ))
             }
-            None => {
+            (None, Some(pages)) => {
                 info!(
                     "migration {mid}: dumped and sent all but the pages {out:?}; the pages follow"
                 );
-                Ok((out, None, sending))
+                Ok((out, PagesLeft::Sending(pages)))
             }
+            // A dump that succeeded has started its pages (Capture::go).
+            (None, None) => Err(Error::FailedPrecondition(
+                "the image stream ended without sending the pages".into(),
+            )),
         }
     }
 }

@@ -615,9 +615,12 @@ pub fn source_restarted(bed: &Bed) {
             if in_restore { "completed" } else { "failed" },
             "{rec}"
         );
+        // Completed: how, in its note (it has no error); failed: why, in its error.
+        let cause = if in_restore { "note" } else { "error" };
         assert!(
-            rec["error"].as_str().unwrap_or("").contains("restarted"),
-            "the record does not name the cause: {rec}"
+            rec[cause].as_str().unwrap_or("").contains("restarted")
+                && (in_restore == rec["error"].is_null()),
+            "the record does not name the cause in its {cause}: {rec}"
         );
         say(format!("source restarted: GET /v1/migrations/{mid}: {rec}"));
         let journals = a.dir.join("coordinator/migrations");
