@@ -69,6 +69,25 @@ async fn joined<T>(
     })
 }
 
+/// A blocking streamer's task.
+type Streaming = JoinHandle<std::result::Result<Streamed, StreamError>>;
+
+/// What the streamer `task` hands over on `rx`, the task going on; if it ends first, why
+/// (`ended`: said when it ended well).
+async fn handed<T>(
+    rx: oneshot::Receiver<T>,
+    task: Streaming,
+    ended: &str,
+) -> std::result::Result<(T, Streaming), String> {
+    match rx.await {
+        Ok(v) => Ok((v, task)),
+        Err(_) => Err(match joined(task).await {
+            Err(e) => e.to_string(),
+            Ok(_) => ended.into(),
+        }),
+    }
+}
+
 /// A non-blocking listener on socket `name` in `dir`, bound through /proc/self/fd: a bundle's
 /// image dir is often longer than a socket path may be (108 bytes). CRIU reaches it the same
 /// way, through the /proc/<runc>/fd path runc gives it for the dir.
@@ -88,7 +107,7 @@ fn listen_in(dir: &Path, name: &str) -> Result<UnixListener> {
 pub struct Capture {
     stopper: Stopper,
     captured: oneshot::Receiver<Streamed>,
-    task: JoinHandle<std::result::Result<Streamed, StreamError>>,
+    task: Streaming,
 }
 
 impl Capture {
@@ -138,18 +157,13 @@ impl Capture {
     /// Once the dump succeeded: waits until every image but the pages has left, and lets the
     /// pages follow in the background.
     pub async fn go(mut self) -> std::result::Result<(Streamed, PagesOut), String> {
-        let Ok(streamed) = self.captured.await else {
-            return Err(match joined(self.task).await {
-                Err(e) => e.to_string(),
-                Ok(_) => "the image streamer ended early".into(),
-            });
-        };
+        let (streamed, task) =
+            handed(self.captured, self.task, "the image streamer ended early").await?;
         self.stopper
             .cancel
             .write_all(&[streamer::GO])
             .map_err(|e| format!("start the pages: {e}"))?;
         let (tx, done) = watch::channel(None);
-        let task = self.task;
         tokio::spawn(async move {
             let res = joined(task).await.map(|_| ()).map_err(|e| e.to_string());
             tx.send_replace(Some(res));
@@ -225,7 +239,7 @@ impl std::fmt::Debug for Held {
 /// The pages of a held stream, still arriving. Dropping it stops them.
 pub struct Rest {
     _stopper: Stopper,
-    task: JoinHandle<std::result::Result<Streamed, StreamError>>,
+    task: Streaming,
 }
 
 impl Rest {
@@ -281,19 +295,14 @@ pub async fn hold(
             let _ = tx.send(h);
         })
     });
-    match ready.await {
-        Ok(images) => Ok(Held {
-            images,
-            rest: Rest {
-                _stopper: stopper,
-                task,
-            },
-        }),
-        Err(_) => Err(match joined(task).await {
-            Err(e) => e.to_string(),
-            Ok(_) => "the image stream ended without its images".into(),
-        }),
-    }
+    let (images, task) = handed(ready, task, "the image stream ended without its images").await?;
+    Ok(Held {
+        images,
+        rest: Rest {
+            _stopper: stopper,
+            task,
+        },
+    })
 }
 
 /// Destination: serves held images to the restore's CRIU, at [`streamer::SERVE_SOCKET`] in

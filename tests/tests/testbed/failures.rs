@@ -65,9 +65,9 @@ pub fn image_not_on_b(bed: &Bed) {
 
 /// B's shim of the container is killed (SIGKILL) while memhog 512 MiB streams to it (its pages
 /// stream while B restores, so the kill lands in the restore, or in the Dump before them): the
-/// migration fails, A resumes the service with its memory intact, B removes what it made. The kill comes
-/// once B received `threshold` bytes of it; an attempt whose migration ended before the kill is
-/// retried with a new service and a lower threshold (never passes vacuously).
+/// migration fails, A resumes the service with its memory intact, B removes what it made. The
+/// kill comes once B received `threshold` bytes of it; an attempt whose migration ended before
+/// the kill is retried with a new service and a lower threshold (never passes vacuously).
 pub fn destination_vanishes(bed: &Bed) {
     let (a, b) = (&bed.a, &bed.b);
     let mut threshold = 32 * MIB;
