@@ -205,11 +205,16 @@ fn main() {
         eprintln!("ums-bench: {note}");
         notes.push(note);
     }
-    let wl = cli
+    let Some(wl) = cli
         .workloads_dir
         .clone()
         .or_else(|| std::env::var("UMS_WORKLOADS_DIR").ok().map(PathBuf::from))
-        .expect("--workloads-dir or UMS_WORKLOADS_DIR (hack/build-workloads.sh prints it)");
+    else {
+        eprintln!(
+            "ums-bench: no workloads: give --workloads-dir or UMS_WORKLOADS_DIR (hack/build-workloads.sh prints it)"
+        );
+        std::process::exit(2);
+    };
     let split = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     let now = sys::realtime_ns();
     let mut ctx = Ctx {
@@ -269,7 +274,10 @@ fn main() {
         notes,
         ..Default::default()
     };
-    fs::create_dir_all(&cli.work).expect("work dir");
+    if let Err(e) = fs::create_dir_all(&cli.work) {
+        eprintln!("ums-bench: work dir {}: {e}", cli.work.display());
+        std::process::exit(1);
+    }
     let baselines = cli
         .methods
         .iter()

@@ -17,7 +17,7 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     if v.is_empty() {
         return None;
     }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     let median = if n % 2 == 1 {
         v[n / 2]
