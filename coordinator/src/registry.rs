@@ -175,8 +175,9 @@ impl Registry {
 
     /// Ends migration `id` as completed without its figures, saying how (a restarted source's).
     pub fn complete_without_result(&self, id: &str, note: String) {
-        self.finish(id, State::Completed, None, None);
+        // The note first: a reader never sees the migration completed without it.
         self.with(id, |e| e.record.note = Some(note));
+        self.finish(id, State::Completed, None, None);
     }
 
     /// Records a failure in the current phase without ending the migration (the destination

@@ -342,8 +342,7 @@ impl Container {
             migration_id: migration_id.to_string(),
             phase: "dumping",
             progress: progress.clone(),
-            serving: None,
-            sending: None,
+            in_flight: None,
         });
         Ok(DumpJob {
             progress,
@@ -378,13 +377,11 @@ impl Container {
             .as_mut()
             .filter(|m| m.migration_id == migration_id)
         {
-            m.phase = if f.serving.is_some() {
-                "serving"
-            } else {
-                "dumped"
+            m.phase = match f {
+                InFlight::Serving(_) => "serving",
+                InFlight::Sending(_) => "dumped",
             };
-            m.serving = f.serving;
-            m.sending = f.sending;
+            m.in_flight = Some(f);
         }
     }
 
@@ -399,8 +396,8 @@ impl Container {
             return Ok(Pages::In(p.clone()));
         }
         self.outgoing_named(migration_id)?
-            .serving
-            .clone()
+            .serving()
+            .cloned()
             .map(Pages::Out)
             .ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -416,7 +413,7 @@ impl Container {
             return Err(Error::FailedPrecondition(format!(
                 "migration {migration_id} of task {} has not finished its dump{}",
                 self.id,
-                if self.outgoing_named(migration_id)?.serving.is_some() {
+                if self.outgoing_named(migration_id)?.serving().is_some() {
                     " (its pages are still being served: WaitPages first)"
                 } else {
                     ""
@@ -424,7 +421,7 @@ impl Container {
             )));
         }
         // Pre-copy: the restore there read every page, so their stream is ending.
-        if let Some(sending) = &self.outgoing_named(migration_id)?.sending {
+        if let Some(sending) = self.outgoing_named(migration_id)?.sending() {
             if let Err(e) = sending.wait().await {
                 warn!(
                     "{}: migration {migration_id}: the pages' stream: {e}",
@@ -456,10 +453,10 @@ impl Container {
         let out = self.outgoing_named(migration_id)?;
         // Post-copy: end the page server first; pre-copy, the pages' stream, which refers to
         // the frozen memory.
-        if let Some(serving) = out.serving.clone() {
+        if let Some(serving) = out.serving().cloned() {
             serving.cancel().await;
         }
-        if let Some(sending) = out.sending.clone() {
+        if let Some(sending) = out.sending().cloned() {
             sending.stop().await;
         }
         let out = self.outgoing_named(migration_id)?;

@@ -97,18 +97,32 @@ pub struct Outgoing {
     pub phase: &'static str,
     /// Bytes streamed so far (for Status while dumping).
     pub progress: criu_sync::Progress,
-    /// Post-copy, once Dump returned: the page server still serving.
-    pub serving: Option<Serving>,
-    /// Pre-copy, once Dump returned: the memory pages still on their way.
-    pub sending: Option<PagesOut>,
+    /// Once Dump returned: what its dump left going on.
+    pub in_flight: Option<InFlight>,
 }
 
 impl Outgoing {
     /// The phase: a post-copy dump is "serving" until its page server ended, then "dumped".
     pub fn phase(&self) -> &'static str {
-        match &self.serving {
+        match self.serving() {
             Some(s) if s.ended() => "dumped",
             _ => self.phase,
+        }
+    }
+
+    /// Post-copy, once Dump returned: the page server still serving.
+    pub fn serving(&self) -> Option<&Serving> {
+        match &self.in_flight {
+            Some(InFlight::Serving(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Pre-copy, once Dump returned: the memory pages still on their way.
+    pub fn sending(&self) -> Option<&PagesOut> {
+        match &self.in_flight {
+            Some(InFlight::Sending(p)) => Some(p),
+            _ => None,
         }
     }
 }
@@ -326,12 +340,12 @@ fn staging_dir(images: &Path) -> PathBuf {
 }
 
 /// What a dump leaves going on once Dump returned.
-#[derive(Clone)]
-pub struct InFlight {
+#[derive(Debug, Clone)]
+pub enum InFlight {
     /// Post-copy: CRIU's page server.
-    pub serving: Option<Serving>,
+    Serving(Serving),
     /// Pre-copy: the memory pages on their way.
-    pub sending: Option<PagesOut>,
+    Sending(PagesOut),
 }
 
 /// Figures of a finished dump.
@@ -403,16 +417,9 @@ impl DumpJob {
                 },
             )) => {
                 let done = self.serve_pages(stats.clone(), finish, images, work);
-                let serving = Some(Serving { page_server, done });
-                return Ok((
-                    stats,
-                    InFlight {
-                        serving,
-                        sending: None,
-                    },
-                ));
+                return Ok((stats, InFlight::Serving(Serving { page_server, done })));
             }
-            Ok((stats, PagesLeft::Sending(pages))) => Ok((stats, pages)),
+            Ok((stats, PagesLeft::Sending(pages))) => Ok((stats, InFlight::Sending(pages))),
             Err(e) => Err(e),
         };
         let _ = tokio::fs::remove_dir_all(&images).await;
@@ -420,15 +427,7 @@ impl DumpJob {
             self.resume_after_failure().await;
         }
         let _ = tokio::fs::remove_dir_all(&work).await;
-        res.map(|(s, pages)| {
-            (
-                s,
-                InFlight {
-                    serving: None,
-                    sending: Some(pages),
-                },
-            )
-        })
+        res
     }
 
     async fn resume_after_failure(&self) {
@@ -658,12 +657,11 @@ impl DumpJob {
         match (page_server, sending) {
             (Some(page_server), _) => {
                 info!("migration {mid}: dumped and sent all but the pages {out:?}; serving pages on {page_server}");
-                let finish = ckpt_done;
                 Ok((
                     out,
                     PagesLeft::Served {
                         page_server,
-                        finish,
+                        finish: ckpt_done,
                     },
                 ))
             }

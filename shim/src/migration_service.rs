@@ -20,7 +20,7 @@ use crate::{
     },
     container::Pages,
     error::{Error, Result},
-    migration::{DumpStats, PageMode},
+    migration::{DumpStats, InFlight, PageMode},
     service::Inner,
 };
 
@@ -119,7 +119,7 @@ impl Migration for MigrationService {
         .await
         .map_err(|e| Error::FailedPrecondition(format!("dump task failed: {e}")))??;
         let mut resp = dump_response(&s);
-        if let Some(serving) = in_flight.serving {
+        if let InFlight::Serving(serving) = in_flight {
             resp.page_server = serving.page_server.to_string();
         }
         Ok(resp)
