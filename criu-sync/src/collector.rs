@@ -29,7 +29,7 @@ use inotify::{EventMask, Inotify};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc;
 
-use crate::protocol::{validate_name, Frame, ManifestEntry, MAX_DATA};
+use crate::protocol::{validate_name, Frame, Hasher, ManifestEntry, MAX_DATA};
 use crate::sender::SendError;
 
 /// Byte the async side writes on the wake socket when the dump ended with success. Closing the
@@ -66,7 +66,7 @@ struct OpenFile {
     id: u32,
     file: File,
     offset: u64,
-    hasher: blake3::Hasher,
+    hasher: Hasher,
 }
 
 pub(crate) struct Collector {
@@ -324,7 +324,7 @@ impl Collector {
             id,
             file,
             offset: 0,
-            hasher: blake3::Hasher::new(),
+            hasher: Hasher::new(),
         };
         Ok(Some((open, meta.len())))
     }
@@ -355,7 +355,7 @@ impl Collector {
                 });
             }
         }
-        let hash = *open.hasher.finalize().as_bytes();
+        let hash = open.hasher.finish();
         // The mode now, not at FileStart: a tailed file may have been chmod'ed meanwhile.
         let mode = open
             .file

@@ -18,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First bytes of the `Hello` payload: tells a criu-sync stream from anything else on the port.
 pub const MAGIC: [u8; 8] = *b"UMSCSYNC";
-/// Protocol version carried in `Hello`; the receiver refuses any other.
-pub const VERSION: u16 = 1;
+/// Protocol version carried in `Hello`; the receiver refuses any other. 2: file digests are
+/// XXH3-128 (1 had blake3).
+pub const VERSION: u16 = 2;
 /// Largest `Data` payload (file bytes) in one frame.
 pub const MAX_DATA: usize = 4 << 20;
 /// Largest file name (Linux NAME_MAX).
@@ -44,10 +45,39 @@ const K_ACK: u8 = 7;
 const K_KEEPALIVE: u8 = 8;
 
 const DATA_FIXED: usize = 4 + 8;
-const MANIFEST_ENTRY_MAX: usize = 2 + MAX_NAME + 8 + 32;
+const MANIFEST_ENTRY_MAX: usize = 2 + MAX_NAME + 8 + HASH_LEN;
 
-/// A blake3 digest.
-pub type Hash = [u8; 32];
+/// Bytes of a file digest.
+pub const HASH_LEN: usize = 16;
+/// A file's digest, as [`Hasher`] computes it.
+pub type Hash = [u8; HASH_LEN];
+
+/// The digest of a file's content that both ends compute: XXH3-128 (big endian). It catches
+/// corruption and truncation; a cryptographic hash would add nothing, since the digest travels
+/// in the same stream as the bytes it covers (whoever could alter the bytes could alter it
+/// too). Both ends hash every byte, and on two cores that CPU comes out of the link: for 512 MiB
+/// XXH3 takes 17 ms here where blake3 took 63.
+#[derive(Default, Clone)]
+pub struct Hasher(xxhash_rust::xxh3::Xxh3Default);
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(&self) -> Hash {
+        self.0.digest128().to_be_bytes()
+    }
+}
+
+/// [`Hasher`]'s digest of `bytes` in one call.
+pub fn hash(bytes: &[u8]) -> Hash {
+    xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes()
+}
 
 /// One file of the final manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +104,7 @@ pub enum Frame {
     /// File bytes at `offset`; offsets of one file are strictly sequential.
     Data { id: u32, offset: u64, bytes: Bytes },
     /// The file is complete: its length, its mode now (permission bits are applied; a pages
-    /// file may be chmod'ed after `FileStart`) and blake3 of its content.
+    /// file may be chmod'ed after `FileStart`) and the [`Hasher`] digest of its content.
     FileEnd {
         id: u32,
         len: u64,
@@ -246,7 +276,7 @@ fn max_payload(kind: u8) -> Option<usize> {
         K_HELLO => MAGIC.len() + 2 + 2 + MAX_TOKEN,
         K_FILE_START => 4 + 4 + 1 + 8 + 2 + MAX_NAME,
         K_DATA => DATA_FIXED + MAX_DATA,
-        K_FILE_END => 4 + 8 + 4 + 32,
+        K_FILE_END => 4 + 8 + 4 + HASH_LEN,
         K_DONE => 4 + MAX_MANIFEST_ENTRIES * MANIFEST_ENTRY_MAX,
         K_ABORT => 2 + MAX_REASON,
         K_ACK => 16,
@@ -418,8 +448,8 @@ fn decode_payload(kind: u8, payload: Bytes) -> Result<Frame, ProtocolError> {
                     "{count} manifest entries exceed the limit of {MAX_MANIFEST_ENTRIES}"
                 )));
             }
-            // Each entry takes at least 42 bytes: a lying count cannot make us over-allocate.
-            if count * (2 + 8 + 32) > c.b.len() {
+            // Each entry takes at least 26 bytes: a lying count cannot make us over-allocate.
+            if count * (2 + 8 + HASH_LEN) > c.b.len() {
                 return Err(c.malformed(format!("{count} entries do not fit the payload")));
             }
             let mut manifest = Vec::with_capacity(count);
@@ -488,8 +518,8 @@ impl Cursor {
     }
 
     fn hash(&mut self) -> Result<Hash, ProtocolError> {
-        let b = self.take(32)?;
-        let mut h = [0u8; 32];
+        let b = self.take(HASH_LEN)?;
+        let mut h = [0u8; HASH_LEN];
         h.copy_from_slice(&b);
         Ok(h)
     }
@@ -595,7 +625,7 @@ mod tests {
                 id: 7,
                 len: 11,
                 mode: 0o100600,
-                hash: *blake3::hash(b"hello world").as_bytes(),
+                hash: hash(b"hello world"),
             },
             Frame::Done { manifest: vec![] },
             Frame::Done {
@@ -603,12 +633,12 @@ mod tests {
                     ManifestEntry {
                         name: "a".into(),
                         len: 1,
-                        hash: [1; 32],
+                        hash: [1; HASH_LEN],
                     },
                     ManifestEntry {
                         name: "b.img".into(),
                         len: 0,
-                        hash: [2; 32],
+                        hash: [2; HASH_LEN],
                     },
                 ],
             },
@@ -797,8 +827,9 @@ mod tests {
     #[tokio::test]
     async fn short_and_trailing_payloads() {
         // FileEnd with one byte missing (length field says so, too).
-        let mut wire = vec![K_FILE_END, 0, 0, 0, 47];
-        wire.extend([0; 47]);
+        let short = 4 + 8 + 4 + HASH_LEN - 1;
+        let mut wire = vec![K_FILE_END, 0, 0, 0, short as u8];
+        wire.extend(vec![0; short]);
         assert!(matches!(
             decode_all(&wire).await.unwrap_err(),
             ProtocolError::Malformed {

@@ -61,7 +61,7 @@ pub enum RecvError {
         expected: u64,
         got: u64,
     },
-    #[error("{name}: blake3 checksum mismatch")]
+    #[error("{name}: checksum mismatch")]
     ChecksumMismatch { name: String },
     #[error("done while files are still open: {0:?}")]
     FilesStillOpen(Vec<String>),
@@ -330,7 +330,7 @@ pub async fn receive_over<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{read_frame, ManifestEntry, MAX_DATA};
+    use crate::protocol::{hash, read_frame, ManifestEntry, MAX_DATA};
     use bytes::Bytes;
 
     const TOKEN: &str = "mig-1";
@@ -364,7 +364,7 @@ mod tests {
             id,
             len: content.len() as u64,
             mode: libc::S_IFREG | 0o640,
-            hash: *blake3::hash(content).as_bytes(),
+            hash: hash(content),
         }
     }
 
@@ -372,7 +372,7 @@ mod tests {
         ManifestEntry {
             name: name.into(),
             len: content.len() as u64,
-            hash: *blake3::hash(content).as_bytes(),
+            hash: hash(content),
         }
     }
 
@@ -672,7 +672,7 @@ mod tests {
                 id: 0,
                 len: 4,
                 mode: 0o100600,
-                hash: *blake3::hash(b"abc").as_bytes(),
+                hash: hash(b"abc"),
             },
         ];
         assert!(matches!(

@@ -12,12 +12,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use std::sync::mpsc as std_mpsc;
-
 use bytes::Bytes;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
-use crate::protocol::{validate_name, Frame, Hash, ManifestEntry};
+use crate::protocol::{validate_name, Frame, Hash, Hasher, ManifestEntry};
 use crate::receiver::{Limits, RecvError};
 use crate::Progress;
 use tokio::sync::mpsc;
@@ -50,6 +48,7 @@ struct Incoming {
     /// Bytes whose writeback was started.
     flushed: u64,
     declared: Option<u64>,
+    hasher: Hasher,
 }
 
 struct Received {
@@ -70,7 +69,8 @@ pub struct Staging {
     used_ids: HashSet<u32>,
     total: u64,
     committed: bool,
-    hashes: HashWorker,
+    /// Written payloads go back here to be read into again.
+    recycle: Option<mpsc::UnboundedSender<Bytes>>,
 }
 
 impl Staging {
@@ -113,7 +113,7 @@ impl Staging {
             used_ids: HashSet::new(),
             total: 0,
             committed: false,
-            hashes: HashWorker::start(recycle)?,
+            recycle,
         })
     }
 
@@ -191,6 +191,7 @@ impl Staging {
                 written: 0,
                 flushed: 0,
                 declared: len,
+                hasher: Hasher::new(),
             },
         );
         Ok(())
@@ -255,13 +256,18 @@ impl Staging {
             }
             f.flushed = f.written;
         }
+        // Hashed here, while the payload is still in the cache from the write: XXH3 costs less
+        // than handing the chunk to another thread did.
+        f.hasher.update(&bytes);
         if f.declared.is_none() {
             self.total += n;
         }
         self.progress.add_bytes(n);
-        // Hashed on the other thread while the next chunks are written here. Handed over
-        // only once written, so the hash thread is its last user and can pass it on for reuse.
-        self.hashes.update(id, bytes)
+        if let Some(r) = &self.recycle {
+            // The reader may have stopped: then the buffer is just freed.
+            let _ = r.send(bytes);
+        }
+        Ok(())
     }
 
     fn file_end(&mut self, id: u32, len: u64, mode: u32, hash: Hash) -> Result<(), RecvError> {
@@ -273,8 +279,7 @@ impl Staging {
                 got: f.written,
             });
         }
-        // blake3::Hash compares in constant time; not a secret here, but free.
-        if self.hashes.finish(id)? != blake3::Hash::from_bytes(hash) {
+        if f.hasher.finish() != hash {
             return Err(RecvError::ChecksumMismatch { name: f.name });
         }
         // Permission bits only: no setuid/setgid/sticky from the wire.
@@ -368,92 +373,6 @@ impl Staging {
             bytes: self.done.values().map(|r| r.len).sum(),
             commit: start.elapsed(),
         })
-    }
-}
-
-/// Frames of payload queued for hashing ahead of the hash thread: bounds the memory a slow
-/// hash can hold (the writes wait for it).
-const HASH_QUEUE: usize = 4;
-
-enum HashJob {
-    Update(u32, Bytes),
-    Finish(u32),
-}
-
-/// blake3 of the files being received, computed on a thread of its own: on a fast link the
-/// receiver's writes plus its hashing were the slowest stage of the transfer; now chunk N is
-/// hashed while chunk N+1 is written. Jobs run in order, so a file's digest covers every
-/// update sent before its `finish`.
-struct HashWorker {
-    jobs: Option<std_mpsc::SyncSender<HashJob>>,
-    digests: std_mpsc::Receiver<blake3::Hash>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HashWorker {
-    /// `recycle` gets every payload once it is hashed (the reader reads into it again).
-    fn start(recycle: Option<mpsc::UnboundedSender<Bytes>>) -> Result<HashWorker, RecvError> {
-        let (jobs, rx) = std_mpsc::sync_channel::<HashJob>(HASH_QUEUE);
-        let (done, digests) = std_mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("criu-sync-hash".into())
-            .spawn(move || {
-                let mut hashers: HashMap<u32, blake3::Hasher> = HashMap::new();
-                for job in rx {
-                    match job {
-                        HashJob::Update(id, bytes) => {
-                            hashers.entry(id).or_default().update(&bytes);
-                            if let Some(r) = &recycle {
-                                // The reader may have stopped: then the buffer is just freed.
-                                let _ = r.send(bytes);
-                            }
-                        }
-                        HashJob::Finish(id) => {
-                            let h = hashers.remove(&id).unwrap_or_default().finalize();
-                            if done.send(h).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(|e| RecvError::io("start the hash thread".into(), e))?;
-        Ok(HashWorker {
-            jobs: Some(jobs),
-            digests,
-            thread: Some(thread),
-        })
-    }
-
-    fn send(&self, job: HashJob) -> Result<(), RecvError> {
-        self.jobs
-            .as_ref()
-            .and_then(|j| j.send(job).ok())
-            .ok_or_else(|| RecvError::Internal("the hash thread stopped".into()))
-    }
-
-    fn update(&self, id: u32, bytes: Bytes) -> Result<(), RecvError> {
-        self.send(HashJob::Update(id, bytes))
-    }
-
-    /// The digest of everything updated for `id` (waits for the thread to get there).
-    fn finish(&self, id: u32) -> Result<blake3::Hash, RecvError> {
-        self.send(HashJob::Finish(id))?;
-        self.digests
-            .recv()
-            .map_err(|_| RecvError::Internal("the hash thread stopped".into()))
-    }
-}
-
-impl Drop for HashWorker {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread after the jobs in it.
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the hash thread panicked");
-            }
-        }
     }
 }
 
