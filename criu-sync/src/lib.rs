@@ -7,8 +7,8 @@
 //! [`Sender`] sends small files on `IN_CLOSE_WRITE`, tails `pages-*.img` while they grow, and takes
 //! the end of the dump (told by the caller: CRIU/runc exited with success) as the end of the
 //! directory. The [`Receiver`] writes into a staging directory, verifies every file (length,
-//! blake3) and the final manifest, and renames staging to final in one step; on any error it
-//! removes the staging directory and leaves the final one untouched.
+//! XXH3-128 digest) and the final manifest, and renames staging to final in one step; on any
+//! error it removes the staging directory and leaves the final one untouched.
 //!
 //! Modules: [`protocol`] (frames on the wire), [`collector`] (inotify + file reading, on a blocking
 //! thread), [`sender`] (async: drives the collector, writes frames), [`staging`] (the receiving
