@@ -10,7 +10,7 @@
 //! - files that existed before the watch (runc's `descriptors.json`), or whose close we missed
 //!   (queue overflow), at the end of the dump, when nothing is written any more.
 //!
-//! At the end (the async side writes [`WAKE_DONE`] on the wake socket once CRIU exited with
+//! At the end (the async side writes `WAKE_DONE` on the wake socket once CRIU exited with
 //! success) the collector drains the events, scans the directory, sends whatever is not sent yet,
 //! checks that no sent file changed size since, and sends `Done` with the manifest.
 
