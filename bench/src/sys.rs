@@ -98,7 +98,7 @@ pub fn proc_cpu_s(pid: i32) -> Option<f64> {
     Some(sum as f64 / clk_tck())
 }
 
-/// A `Vm*:` line of /proc/<pid>/status, in KiB.
+/// A `Vm*:` line of `/proc/<pid>/status`, in KiB.
 pub fn proc_status_kib(pid: i32, key: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()

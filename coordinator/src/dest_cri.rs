@@ -1,4 +1,4 @@
-//! The CRI adapter of the destination ([`Adapter::Cri`]): the migrated container is created as
+//! The CRI adapter of the destination (`Adapter::Cri`): the migrated container is created as
 //! kubelet would create it, through this system's CRI, so that this system's orchestrator sees
 //! an ordinary pod:
 //!

@@ -1,16 +1,16 @@
 //! The Frontman's part in a migration (paper, III-B), driven by the source coordinator:
 //!
-//! 1. pre-migration ([`Coordinator::endpoint_prepare`]): the destination coordinator binds the
+//! 1. pre-migration (`Coordinator::endpoint_prepare`): the destination coordinator binds the
 //!    service's endpoint there, holding (so that a taken port fails the migration before the
 //!    service is frozen);
-//! 2. before the freeze ([`Coordinator::endpoint_hold`]): our endpoint stops handing
+//! 2. before the freeze (`Coordinator::endpoint_hold`): our endpoint stops handing
 //!    connections to the service (held or 503) and waits, bounded, until the open ones ended
 //!    and the service holds no connection on the port: CRIU cannot dump established TCP
 //!    connections;
-//! 3. once the service runs at the destination ([`Coordinator::endpoint_commit`]): the
+//! 3. once the service runs at the destination (`Coordinator::endpoint_commit`): the
 //!    destination's endpoint forwards to it, ours forwards to the destination's endpoint until
 //!    removed or for its grace period, and the report names the new endpoint;
-//!    on a failure instead ([`Coordinator::endpoint_abort`]): ours forwards to the service here
+//!    on a failure instead (`Coordinator::endpoint_abort`): ours forwards to the service here
 //!    again and the destination's endpoint is removed.
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,5 @@
 //! A private containerd instance per test: own root/state/socket/config/CNI under
-//! /run/ums-test/<name>, stopped and swept (processes, mounts, cgroups, bridge, dir) on drop.
+//! `/run/ums-test/<name>`, stopped and swept (processes, mounts, cgroups, bridge, dir) on drop.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -419,7 +419,7 @@ impl Containerd {
         self.ctr().with_namespace("k8s.io")
     }
 
-    /// A fresh busybox rootfs for `ctr run --rootfs` at <dir>/rootfs/<name>.
+    /// A fresh busybox rootfs for `ctr run --rootfs` at `<dir>/rootfs/<name>`.
     #[track_caller]
     pub fn rootfs(&self, name: &str) -> PathBuf {
         let d = self.dir.join("rootfs").join(name);

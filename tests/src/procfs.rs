@@ -33,7 +33,7 @@ pub fn cmdline_str(pid: i32) -> String {
     cmdline(pid).join(" ")
 }
 
-/// The `(state, ppid, starttime)` fields of /proc/<pid>/stat.
+/// The `(state, ppid, starttime)` fields of `/proc/<pid>/stat`.
 pub fn stat(pid: i32) -> Option<(char, i32, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: fields start after the last ')'.
@@ -75,7 +75,7 @@ pub fn ns(pid: i32, kind: &str) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// The NSpid line of /proc/<pid>/status: the pid in each nested pid namespace, outermost first.
+/// The NSpid line of `/proc/<pid>/status`: the pid in each nested pid namespace, outermost first.
 pub fn nspid(pid: i32) -> Vec<i32> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -90,7 +90,7 @@ pub fn nspid(pid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// One line of /proc/<pid>/cgroup.
+/// One line of `/proc/<pid>/cgroup`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupLine {
     pub hierarchy: u32,

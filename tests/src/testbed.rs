@@ -375,7 +375,7 @@ impl Bed {
         util::run(&mut c, None, timeout)
     }
 
-    /// The network namespace of `sys` (/run/netns/<prefix>-<name>).
+    /// The network namespace of `sys` (`/run/netns/<prefix>-<name>`).
     pub fn netns(&self, sys: &System) -> PathBuf {
         Path::new("/run/netns").join(format!("{}-{}", self.prefix, sys.name))
     }
@@ -690,7 +690,7 @@ pub fn bundle_cgroups(state: &Path) -> Vec<String> {
     out
 }
 
-/// `net:[inode]` of a named network namespace (/run/netns/<name>), as /proc/<pid>/ns/net reads.
+/// `net:[inode]` of a named network namespace (`/run/netns/<name>`), as `/proc/<pid>/ns/net` reads.
 pub fn netns_id(name: &str) -> Option<String> {
     fs::metadata(Path::new("/run/netns").join(name))
         .ok()
