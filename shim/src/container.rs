@@ -315,7 +315,9 @@ impl Container {
         match &self.outgoing {
             Some(m) => Err(Error::FailedPrecondition(format!(
                 "task {} is being migrated (migration {}, {}): retry when it has ended",
-                self.id, m.migration_id, m.phase
+                self.id,
+                m.migration_id,
+                m.phase()
             ))),
             None => Ok(()),
         }
@@ -340,7 +342,6 @@ impl Container {
         let progress = criu_sync::Progress::new();
         self.outgoing = Some(Outgoing {
             migration_id: migration_id.to_string(),
-            phase: "dumping",
             progress: progress.clone(),
             in_flight: None,
         });
@@ -377,10 +378,6 @@ impl Container {
             .as_mut()
             .filter(|m| m.migration_id == migration_id)
         {
-            m.phase = match f {
-                InFlight::Serving(_) => "serving",
-                InFlight::Sending(_) => "dumped",
-            };
             m.in_flight = Some(f);
         }
     }

@@ -94,7 +94,6 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub migration_id: String,
-    pub phase: &'static str,
     /// Bytes streamed so far (for Status while dumping).
     pub progress: criu_sync::Progress,
     /// Once Dump returned: what its dump left going on.
@@ -102,11 +101,13 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// The phase: a post-copy dump is "serving" until its page server ended, then "dumped".
+    /// The phase: "dumping" until Dump returned, then "dumped"; a post-copy dump is "serving"
+    /// until its page server ended.
     pub fn phase(&self) -> &'static str {
-        match self.serving() {
-            Some(s) if s.ended() => "dumped",
-            _ => self.phase,
+        match &self.in_flight {
+            None => "dumping",
+            Some(InFlight::Serving(s)) if !s.ended() => "serving",
+            Some(_) => "dumped",
         }
     }
 
